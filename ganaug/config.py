@@ -1,0 +1,306 @@
+"""Typed run configuration: YAML <-> nested dataclasses, with validation that names the key.
+
+The four sections `model`, `data`, `training`, `storage` are the contract of DESIGN.md §2.
+Unknown keys are errors with a "did you mean" suggestion; values are type-checked and
+range-checked; `--set a.b=c` overrides are coerced to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ganaug.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration problem; the message names the full key path."""
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture settings. Each family reads the fields it needs (see ganaug/models/)."""
+
+    family: str = "cgan"
+    z_dim: int = 128            # latent size (noise families)
+    width: int = 64             # base channel count; deeper layers scale from it
+    max_width: int = 256        # cap on channels per layer
+    w_dim: int = 128            # stylegan2: intermediate latent size
+    mapping_layers: int = 4     # stylegan2: MLP depth
+    embed_dim: int = 64         # class embedding size (conditional families)
+    conditional: bool = True    # stylegan2: condition the mapping network on labels
+    spectral_norm: bool = True  # spectral normalisation in D
+    aux_classifier: float = 0.0  # cgan: weight of the ACGAN auxiliary loss (0 = off)
+    style_mixing: float = 0.9   # stylegan2: probability of mixing two w's in training
+    res_blocks: int = 6         # cyclegan: ResNet blocks in each generator
+    l1_weight: float = 100.0    # pix2pix: L1 weight
+    cycle_weight: float = 10.0  # cyclegan: cycle-consistency weight
+    identity_weight: float = 0.5  # cyclegan: identity weight, relative to cycle
+
+    def validate(self, prefix: str = "model") -> None:
+        from ganaug.models.registry import family_names
+
+        names = family_names()
+        if self.family not in names:
+            close = difflib.get_close_matches(self.family, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"config key '{prefix}.family': unknown family {self.family!r}{hint}; "
+                f"registered: {', '.join(names)}"
+            )
+        for k in ("z_dim", "width", "max_width", "w_dim", "embed_dim"):
+            v = getattr(self, k)
+            _check(1 <= v <= 4096, f"{prefix}.{k}", v, "an integer in [1, 4096]")
+        _check(1 <= self.mapping_layers <= 16, f"{prefix}.mapping_layers", self.mapping_layers, "1..16")
+        _check(0 <= self.res_blocks <= 32, f"{prefix}.res_blocks", self.res_blocks, "0..32")
+        _check(0.0 <= self.style_mixing <= 1.0, f"{prefix}.style_mixing", self.style_mixing, "a probability in [0, 1]")
+        for k in ("aux_classifier", "l1_weight", "cycle_weight", "identity_weight"):
+            v = getattr(self, k)
+            _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
+
+
+@dataclass
+class DataConfig:
+    spec: str = "builtin:digits"   # dataset spec string, see ganaug/data/
+    resolution: int = 32           # images are resized to resolution x resolution
+    channels: int = 1              # 1 (grey) or 3 (RGB)
+    skip_bad: bool = False         # count and list unreadable images instead of failing
+    # Image-to-image families: domain A is `source_transform(image)` of the same dataset
+    # (paired for pix2pix), or the dataset `source_spec` when set (unpaired for cyclegan).
+    source_transform: str = "invert"   # invert | edges | blur | none
+    source_spec: str = ""
+
+    def validate(self, prefix: str = "data") -> None:
+        _check(bool(self.spec.strip()), f"{prefix}.spec", self.spec, "a dataset spec such as 'builtin:digits'")
+        _check(_power_of_two(self.resolution) and 16 <= self.resolution <= 256,
+               f"{prefix}.resolution", self.resolution, "a power of two in [16, 256]")
+        _check(self.channels in (1, 3), f"{prefix}.channels", self.channels, "1 or 3")
+        _check(self.source_transform in ("invert", "edges", "blur", "none"),
+               f"{prefix}.source_transform", self.source_transform, "one of invert, edges, blur, none")
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 2000              # optimiser steps (each step = one G and one D update)
+    batch_size: int = 64           # per worker; global batch = batch_size x workers
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3      # keep the newest M checkpoint folders
+    report_every: int = 50         # one metrics.jsonl line / progress line per N steps
+    max_failures: int = 2          # worker-group restarts (Ray Train FailureConfig)
+    seed: int = 0
+    loss: str = "hinge"            # ns | hinge | lsgan | wgan-gp
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    r1_gamma: float = 0.0          # R1 weight (0 = off)
+    r1_every: int = 16             # lazy regularisation interval
+    gp_weight: float = 10.0        # WGAN-GP weight
+    ema_beta: float = 0.999        # G_ema decay once ramped up
+    ema_rampup: float = 0.05       # ramp: beta_t = min(beta, (1 + t)/(10 + t)) style, as a fraction of steps
+    augment: str = "translation,cutout"  # DiffAugment policies for D's inputs: color, translation, cutout
+    ada_target: float = 0.6        # adaptive p target of the r_t heuristic (0 disables adaptation)
+    ada_p: float = 0.0             # initial augmentation probability
+    ada_interval: int = 4          # steps between p updates
+    ada_kimg: float = 100.0        # images (thousands) for p to go 0 -> 1
+    num_workers: int = 2           # Ray Train workers (CLI --workers overrides)
+    use_gpu: bool = False
+    threads_per_worker: int = 0    # torch threads per worker (0 = cores / workers)
+
+    def validate(self, prefix: str = "training") -> None:
+        for k in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "report_every",
+                  "r1_every", "ada_interval", "num_workers"):
+            v = getattr(self, k)
+            _check(v >= 1, f"{prefix}.{k}", v, "an integer >= 1")
+        _check(self.max_failures >= 0, f"{prefix}.max_failures", self.max_failures, "an integer >= 0")
+        _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
+        _check(self.threads_per_worker >= 0, f"{prefix}.threads_per_worker", self.threads_per_worker, "an integer >= 0")
+        _check(self.loss in ("ns", "hinge", "lsgan", "wgan-gp"), f"{prefix}.loss", self.loss,
+               "one of ns, hinge, lsgan, wgan-gp")
+        for k in ("lr_g", "lr_d"):
+            v = getattr(self, k)
+            _check(0 < v < 1, f"{prefix}.{k}", v, "a learning rate in (0, 1)")
+        for k in ("beta1", "beta2", "ema_beta", "ada_p", "ada_target", "ema_rampup"):
+            v = getattr(self, k)
+            _check(0 <= v <= 1, f"{prefix}.{k}", v, "a number in [0, 1]")
+        for k in ("r1_gamma", "gp_weight", "ada_kimg"):
+            v = getattr(self, k)
+            _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
+        policies = [p for p in self.augment.split(",") if p.strip()]
+        for p in policies:
+            _check(p.strip() in ("color", "translation", "cutout"), f"{prefix}.augment", self.augment,
+                   "a comma list of color, translation, cutout (or empty)")
+
+
+@dataclass
+class StorageConfig:
+    root: str = "./ganaug-store"   # local path, file:// or s3://bucket/prefix
+
+    def validate(self, prefix: str = "storage") -> None:
+        _check(bool(self.root.strip()), f"{prefix}.root", self.root, "a path or URI")
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: the YAML file's four sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.data.validate()
+        self.training.validate()
+        self.storage.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def digest(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- parsing
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and for strings from --set, convert) a value against a field type."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"config key '{key}': got {value!r}, expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': got {value!r}, expected an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': got {value!r}, expected a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}': got {value!r}, expected a string")
+    raise ConfigError(f"config key '{key}': unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}; valid keys here: {', '.join(fields)}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _build(tp, v, path)
+        else:
+            kwargs[k] = _coerce(v, tp, path)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    return _build(RunConfig, data, "").validate()
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    if "=" not in text:
+        raise ConfigError(f"bad override {text!r}: expected key=value, e.g. model.width=64")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"bad override {text!r}: empty key part")
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` strings onto a raw config dict; values are parsed as YAML scalars."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for text in overrides:
+        parts, raw = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"bad override {text!r}: '{p}' is not a section")
+            node = nxt
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            value = raw
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config (or the defaults when path is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: invalid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data)

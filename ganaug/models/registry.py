@@ -1,0 +1,88 @@
+"""Family registry: a name -> GANFamily mapping, so callers never branch on family names.
+
+A family bundles a generator class, a discriminator class and a loss class. Every family has
+exactly one generator module and one discriminator module (CycleGAN keeps both directions
+inside one module each), so checkpoints, DDP wrapping and EMA are family-agnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from ganaug.config import ModelConfig, TrainingConfig
+
+
+@dataclass
+class DataInfo:
+    """What a model must know about its data."""
+
+    resolution: int
+    channels: int
+    num_classes: int = 0               # 0 = unlabelled
+    class_names: list[str] = field(default_factory=list)
+
+
+class GANFamily:
+    """Base class of a registered family.
+
+    kind == "noise": G(z, labels, truncation=1.0) -> images in [-1, 1], NCHW. G exposes
+        `z_dim` and `num_classes` attributes. Batches are {"image", "label"}.
+    kind == "translation": G(x) -> translated images in [-1, 1] (A -> B). Batches are
+        {"a", "b"} (paired for pix2pix, independent for cyclegan).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "noise" | "translation"
+    generator_cls: ClassVar[type[nn.Module]]
+    discriminator_cls: ClassVar[type[nn.Module]]
+    loss_cls: ClassVar[type]
+
+    @classmethod
+    def generator_kwargs(cls, model: "ModelConfig", data: DataInfo) -> dict[str, Any]:
+        """JSON-able constructor kwargs of the generator; saved in model.json."""
+        raise NotImplementedError
+
+    @classmethod
+    def discriminator_kwargs(cls, model: "ModelConfig", data: DataInfo) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def build_generator(cls, kwargs: dict[str, Any]) -> nn.Module:
+        return cls.generator_cls(**kwargs)
+
+    @classmethod
+    def build_discriminator(cls, kwargs: dict[str, Any]) -> nn.Module:
+        return cls.discriminator_cls(**kwargs)
+
+
+_REGISTRY: dict[str, type[GANFamily]] = {}
+
+
+def register(family: type[GANFamily]) -> type[GANFamily]:
+    """Class decorator: make a family available by its `name`."""
+    if family.name in _REGISTRY and _REGISTRY[family.name] is not family:
+        raise ValueError(f"GAN family {family.name!r} registered twice")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def _load_builtin_families() -> None:
+    # Importing the modules runs their @register decorators.
+    import ganaug.models  # noqa: F401
+
+
+def get_family(name: str) -> type[GANFamily]:
+    _load_builtin_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown GAN family {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def family_names() -> list[str]:
+    _load_builtin_families()
+    return sorted(_REGISTRY)
