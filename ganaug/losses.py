@@ -147,3 +147,122 @@ class GANLoss:
         if phase == "Dreg":
             return self.ctx.r1_gamma > 0 and step % self.ctx.r1_every == 0
         return True
+
+
+# ----------------------------------------------------------------------------- noise families
+
+
+class NoiseGANLoss(GANLoss):
+    """The phased loss of a kind == "noise" family: G(z, labels) -> x, D(x, labels) -> logits [N].
+
+    Shared by dcgan and cgan (a family with extra terms subclasses it and overrides the
+    `_d_forward` / `_extra_*` hooks). Fakes are conditioned on the real batch's labels, so the
+    class mix D sees is the data's. Every phase is one forward through each trained
+    (possibly DDP-wrapped) module, then one backward:
+      "D"   : D(cat[aug(real), aug(fake.detach())] (+ interpolates for WGAN-GP))
+      "Dreg": R1 at aug(real), gradient taken wrt the un-augmented real images
+      "G"   : G(z, labels) through the wrapper; the raw D with frozen parameters.
+    All randomness (z, eps, augmentation) comes from the global torch RNG on the batch's
+    device, which the training loop seeds per step.
+    """
+
+    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, **kwargs):
+        super().__init__(G, D, ctx)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}")
+        g = unwrap(G)
+        self.z_dim = int(g.z_dim)
+        self.conditional = int(getattr(g, "num_classes", 0)) > 0
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _autocast(self):
+        import contextlib
+
+        return self.ctx.autocast() if self.ctx.autocast is not None else contextlib.nullcontext()
+
+    def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch["label"] if self.conditional else None
+
+    def _d_forward(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None):
+        """-> (logits [N] fp32, extra outputs or None)."""
+        with self._autocast():
+            return D(x, labels).float(), None
+
+    def _extra_d(self, extra, labels, n_real: int) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Additional D-phase loss from `extra` (real rows come first); None = nothing."""
+        return None, {}
+
+    def _extra_g(self, extra, labels) -> tuple[torch.Tensor | None, dict[str, float]]:
+        return None, {}
+
+    @staticmethod
+    def _touch(extra) -> torch.Tensor | float:
+        """0 * sum of extra outputs: keeps every D parameter in the graph (DDP needs that)."""
+        if extra is None:
+            return 0.0
+        return 0.0 * extra.float().sum()
+
+    # -- phases ----------------------------------------------------------------------------
+    def accumulate_gradients(self, phase: str, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        real = batch["image"]
+        labels = self._labels(batch)
+        n = real.shape[0]
+        if phase == "D":
+            z = torch.randn(n, self.z_dim, device=real.device)
+            with torch.no_grad(), self._autocast():
+                fake = unwrap(self.G)(z, labels).to(real.dtype)
+            x = self.ctx.augment(torch.cat([real, fake]))
+            interp = None
+            if self.ctx.use_gp:
+                # Interpolates between the augmented pairs ride in the same D forward.
+                eps = torch.rand(n, 1, 1, 1, device=real.device, dtype=x.dtype)
+                xr, xf = x.detach().split(n)
+                interp = torch.lerp(xf, xr, eps).requires_grad_(True)
+                x = torch.cat([x, interp])
+            all_labels = None if labels is None else labels.repeat(x.shape[0] // n)
+            logits, extra = self._d_forward(self.D, x, all_labels)
+            chunks = logits.split(n)
+            real_l, fake_l = chunks[0], chunks[1]
+            loss = self.ctx.adversarial.d_loss(real_l, fake_l)
+            stats: dict[str, float] = {}
+            if interp is not None:
+                gp = gradient_penalty(chunks[2], interp)
+                loss = loss + self.ctx.gp_weight * gp
+                stats["gp"] = gp.item()
+            extra_loss, extra_stats = self._extra_d(extra, all_labels, n)
+            if extra_loss is not None:
+                loss = loss + extra_loss
+            loss.backward()
+            stats.update(extra_stats)
+            stats.update(loss_d=loss.item(), d_real=real_l.mean().item(), d_fake=fake_l.mean().item(),
+                         d_real_sign=real_l.sign().mean().item())
+            return stats
+        if phase == "Dreg":
+            if self.ctx.r1_gamma <= 0:
+                return {}
+            real_req = real.detach().requires_grad_(True)
+            logits, extra = self._d_forward(self.D, self.ctx.augment(real_req), labels)
+            r1 = r1_penalty(logits, real_req)
+            # The zero terms keep biases (no second-order path) in the graph for DDP.
+            loss = r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every + 0.0 * logits.sum() + self._touch(extra)
+            loss.backward()
+            return {"r1": r1.item()}
+        if phase == "G":
+            z = torch.randn(n, self.z_dim, device=real.device)
+            with self._autocast():
+                fake = self.G(z, labels).to(real.dtype)
+            D_raw = unwrap(self.D)
+            flags = [p.requires_grad for p in D_raw.parameters()]
+            set_requires_grad(D_raw, False)
+            try:
+                logits, extra = self._d_forward(D_raw, self.ctx.augment(fake), labels)
+            finally:
+                for p, f in zip(D_raw.parameters(), flags):
+                    p.requires_grad_(f)
+            loss = self.ctx.adversarial.g_loss(logits)
+            extra_loss, extra_stats = self._extra_g(extra, labels)
+            if extra_loss is not None:
+                loss = loss + extra_loss
+            loss.backward()
+            return {"loss_g": loss.item(), "d_fake_g": logits.mean().item(), **extra_stats}
+        raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")

@@ -1,0 +1,219 @@
+"""The checkpoint folder format (DESIGN.md §2): one folder per step, `model.json` written last.
+
+    {run}/checkpoints/step-0000500/
+        generator_ema.safetensors   weights used for sampling
+        generator.safetensors       live weights
+        discriminator.safetensors
+        train_state.pt              optimisers, step, RNG... (torch.load(weights_only=True), resume only)
+        samples.png                 fixed-seed grid, one row per class
+        model.json                  family, kwargs, data shape, classes, version, digest  <- marker
+
+Weights are safetensors and the train state is loaded with weights_only=True: nothing read
+from storage is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ganaug import __version__, storage
+from ganaug.errors import UserError
+
+MARKER = "model.json"
+WEIGHT_FILES = ("generator_ema", "generator", "discriminator")
+TRAIN_STATE = "train_state.pt"
+SAMPLES = "samples.png"
+_STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, incomplete or corrupt; the message names the URI and file."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _tensors(module_or_state: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    # safetensors wants contiguous CPU tensors with no shared storage.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(
+    uri: str,
+    *,
+    meta: dict[str, Any],
+    generator_ema: nn.Module | dict,
+    generator: nn.Module | dict | None = None,
+    discriminator: nn.Module | dict | None = None,
+    train_state: dict[str, Any] | None = None,
+    samples_png: bytes | None = None,
+) -> str:
+    """Write a checkpoint folder; `model.json` goes last so a reader never sees half of one.
+
+    `meta` needs: family, kind, generator_kwargs, resolution, channels, num_classes,
+    class_names; extras (step, config, config_digest...) are kept as they are.
+    """
+    required = ("family", "kind", "generator_kwargs", "resolution", "channels", "num_classes", "class_names")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {missing}")
+    files: dict[str, bytes] = {"generator_ema.safetensors": st_save(_tensors(generator_ema))}
+    if generator is not None:
+        files["generator.safetensors"] = st_save(_tensors(generator))
+    if discriminator is not None:
+        files["discriminator.safetensors"] = st_save(_tensors(discriminator))
+    if train_state is not None:
+        buf = io.BytesIO()
+        torch.save(train_state, buf)
+        files[TRAIN_STATE] = buf.getvalue()
+    if samples_png is not None:
+        files[SAMPLES] = samples_png
+    full_meta = dict(meta)
+    full_meta["ganaug_version"] = __version__
+    full_meta["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    files[MARKER] = json.dumps(full_meta, indent=2, sort_keys=True).encode()
+    storage.publish_folder(uri, files, marker=MARKER)
+    return uri
+
+
+def load_meta(uri: str) -> dict[str, Any]:
+    """model.json of a complete checkpoint, or a CheckpointError naming what is wrong."""
+    marker = storage.join(uri, MARKER)
+    if not storage.exists(marker):
+        if storage.exists(uri) and storage.listdir(uri):
+            raise CheckpointError(f"incomplete checkpoint {uri}: no {MARKER} (the write did not finish)")
+        raise CheckpointError(f"checkpoint not found: {uri} (expected {MARKER} inside)")
+    try:
+        meta = json.loads(storage.read_bytes(marker))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt {marker}: {e}") from None
+    if not isinstance(meta, dict) or "family" not in meta:
+        raise CheckpointError(f"corrupt {marker}: not a ganaug model.json")
+    return meta
+
+
+def _read_verified(uri: str, name: str, meta: dict[str, Any]) -> bytes:
+    path = storage.join(uri, name)
+    if not storage.exists(path):
+        raise CheckpointError(f"checkpoint {uri} lacks {name}")
+    data = storage.read_bytes(path)
+    expected = meta.get("files", {}).get(name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"corrupt checkpoint file {path}: sha256 does not match model.json")
+    return data
+
+
+def load_weights(uri: str, which: str = "generator_ema", meta: dict | None = None) -> dict[str, torch.Tensor]:
+    if which not in WEIGHT_FILES:
+        raise ValueError(f"unknown weights {which!r}; one of {WEIGHT_FILES}")
+    meta = meta if meta is not None else load_meta(uri)
+    name = f"{which}.safetensors"
+    data = _read_verified(uri, name, meta)
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"corrupt checkpoint file {storage.join(uri, name)}: {e}") from None
+
+
+def load_train_state(uri: str, meta: dict | None = None) -> dict[str, Any]:
+    meta = meta if meta is not None else load_meta(uri)
+    data = _read_verified(uri, TRAIN_STATE, meta)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for bad archives
+        raise CheckpointError(f"corrupt checkpoint file {storage.join(uri, TRAIN_STATE)}: {e}") from None
+
+
+def checkpoint_id(uri: str, meta: dict | None = None) -> str:
+    """Content hash of model.json plus generator_ema.safetensors (DESIGN §2)."""
+    meta_bytes = storage.read_bytes(storage.join(uri, MARKER))
+    weights = storage.read_bytes(storage.join(uri, "generator_ema.safetensors"))
+    h = hashlib.sha256()
+    h.update(hashlib.sha256(meta_bytes).digest())
+    h.update(hashlib.sha256(weights).digest())
+    return h.hexdigest()[:16]
+
+
+def build_generator(uri: str, which: str = "generator_ema") -> tuple[nn.Module, dict[str, Any]]:
+    """Instantiate a checkpoint's generator with its weights (eval mode, CPU)."""
+    from ganaug.models.registry import get_family
+
+    meta = load_meta(uri)
+    try:
+        family = get_family(meta["family"])
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {uri}: {e.args[0]}") from None
+    G = family.build_generator(meta["generator_kwargs"])
+    state = load_weights(uri, which, meta)
+    try:
+        G.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {uri}: {which} weights do not fit the model: {str(e).splitlines()[0]}") from None
+    return G.eval().requires_grad_(False), meta
+
+
+# ----------------------------------------------------------------------------- run folders
+
+def checkpoints_root(run_uri: str) -> str:
+    return storage.join(run_uri, "checkpoints")
+
+
+def list_checkpoints(run_uri: str, complete_only: bool = True) -> list[tuple[int, str]]:
+    """(step, uri) of a run's checkpoints, oldest first; incomplete ones skipped."""
+    root = checkpoints_root(run_uri)
+    out = []
+    for name in storage.listdir(root):
+        m = _STEP_DIR.match(name)
+        if not m:
+            continue
+        uri = storage.join(root, name)
+        if complete_only and not storage.exists(storage.join(uri, MARKER)):
+            continue
+        out.append((int(m.group(1)), uri))
+    return sorted(out)
+
+
+def latest_checkpoint(run_uri: str) -> str | None:
+    found = list_checkpoints(run_uri)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_uri: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` complete checkpoints (and any stale incomplete ones older than them)."""
+    complete = list_checkpoints(run_uri)
+    doomed = [uri for _, uri in complete[:-keep]] if keep > 0 else []
+    if complete:
+        newest_kept = complete[-keep][0] if keep > 0 and len(complete) >= keep else complete[0][0]
+        for step, uri in list_checkpoints(run_uri, complete_only=False):
+            if step < newest_kept and (step, uri) not in complete:
+                doomed.append(uri)
+    for uri in doomed:
+        # Remove the marker first so a concurrent reader never loads a half-deleted checkpoint.
+        marker = storage.join(uri, MARKER)
+        if storage.exists(marker):
+            storage.delete(marker)
+        storage.delete(uri, recursive=True)
+    return doomed
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """Accept a checkpoint folder or a run folder (-> its latest checkpoint)."""
+    if storage.exists(storage.join(uri, MARKER)):
+        return uri
+    latest = latest_checkpoint(uri) if storage.exists(checkpoints_root(uri)) else None
+    if latest:
+        return latest
+    load_meta(uri)  # raises the precise error (missing / incomplete)
+    return uri

@@ -1,0 +1,70 @@
+"""Dataset spec strings (DESIGN.md §2): `scheme:location` with an optional `[a:b]` row slice."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ganaug.errors import UserError
+
+SCHEMES = ("builtin", "mnist", "imagefolder", "parquet")
+BUILTINS = ("digits",)
+SPEC_HELP = ("builtin:digits, mnist:DIR_OR_URI, imagefolder:DIR_OR_URI, parquet:URI "
+             "(any of them may end with a row slice [a:b])")
+
+_SPEC_RE = re.compile(r"^(?P<scheme>[A-Za-z0-9_+-]+):(?P<loc>.*?)(?:\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]]*)\])?$", re.S)
+
+
+class DatasetError(UserError):
+    """A dataset problem; the message names the spec and the file, URI or row."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    scheme: str
+    location: str
+    start: int | None = None   # None = from the first row
+    stop: int | None = None    # None = to the last row (exclusive)
+
+    def bounds(self, num_rows: int) -> tuple[int, int]:
+        """The selected [start, stop) clamped to a dataset of num_rows rows (python slicing)."""
+        start = min(self.start or 0, num_rows)
+        stop = num_rows if self.stop is None else min(self.stop, num_rows)
+        return start, max(start, stop)
+
+    def __str__(self) -> str:
+        s = f"{self.scheme}:{self.location}"
+        if self.start is not None or self.stop is not None:
+            s += f"[{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}]"
+        return s
+
+
+def parse_spec(spec: str) -> DatasetSpec:
+    """Parse 'mnist:../shared/data/mnist[0:5000]' -> DatasetSpec('mnist', '../shared/data/mnist', 0, 5000)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DatasetError(f"empty dataset spec; expected one of: {SPEC_HELP}")
+    text = spec.strip()
+    m = _SPEC_RE.match(text)
+    if not m or m.group("scheme").lower() not in SCHEMES:
+        scheme = text.split(":", 1)[0] if ":" in text else None
+        what = f"unknown dataset scheme {scheme!r}" if scheme else "missing dataset scheme"
+        raise DatasetError(f"bad dataset spec {spec!r}: {what}; expected one of: {SPEC_HELP}")
+    scheme, loc = m.group("scheme").lower(), m.group("loc").strip()
+    bounds = []
+    for part in ("a", "b"):
+        raw = m.group(part)
+        raw = raw.strip() if raw is not None else ""
+        if raw == "":
+            bounds.append(None)
+        elif raw.isdigit():
+            bounds.append(int(raw))
+        else:
+            raise DatasetError(f"bad dataset spec {spec!r}: row slice [{m.group('a')}:{m.group('b')}] "
+                               "must be [a:b] with integers >= 0 (either may be omitted)")
+    if not loc:
+        raise DatasetError(f"bad dataset spec {spec!r}: missing location after '{scheme}:'; "
+                           f"expected one of: {SPEC_HELP}")
+    if scheme == "builtin" and loc not in BUILTINS:
+        raise DatasetError(f"bad dataset spec {spec!r}: unknown builtin dataset {loc!r}; "
+                           f"available: {', '.join('builtin:' + b for b in BUILTINS)}")
+    return DatasetSpec(scheme, loc, bounds[0], bounds[1])

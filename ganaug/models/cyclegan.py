@@ -1,0 +1,341 @@
+"""CycleGAN (Zhu et al. 2017): unpaired image-to-image translation A <-> B.
+
+Two ResNet generators (G_ab, G_ba) and two PatchGAN discriminators (D_a, D_b). They live in ONE
+generator module and ONE discriminator module, because checkpoints, EMA and DDP all treat
+"the generator" and "the discriminator" as single modules:
+
+  G(x)                -> G_ab(x), the product's translation A -> B
+  G(a, b)             -> dict with every tensor the G phase needs, in one forward
+                         {fake_b, rec_a, fake_a, rec_b[, idt_b, idt_a]}
+  G.translate(x, "ab" | "ba")
+  D(a_images, b_images) -> (D_a logits, D_b logits), patch grids [N, 1, h, w]
+
+Loss: adversarial both ways + cycle_weight * (|G_ba(G_ab(a)) - a| + |G_ab(G_ba(b)) - b|)
+      + identity_weight * cycle_weight * (|G_ab(b) - b| + |G_ba(a) - a|).
+
+InstanceNorm everywhere: an output depends only on its own input (batch invariance in eval),
+and concatenating several image sets into one batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ganaug.losses import GANLoss, LossContext, gradient_penalty, r1_penalty, unwrap
+from ganaug.models.registry import DataInfo, GANFamily, register
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose instance or none")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) convs and N(1, 0.02) norm scales, as in the CycleGAN reference code."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.InstanceNorm2d) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _log2(resolution: int) -> int:
+    depth = int(math.log2(resolution)) if resolution > 0 else 0
+    if 2 ** depth != resolution or not 8 <= resolution <= 1024:
+        raise ValueError(f"resolution must be a power of two in [8, 1024], got {resolution}")
+    return depth
+
+
+def _autocast(ctx: LossContext):
+    return ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module):
+    """Run with the module's parameters frozen; gradients still flow to its inputs."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), _norm("instance", channels),
+            nn.ReLU(),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), _norm("instance", channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-w, n_down stride-2 convs, res_blocks residual blocks, mirrored upsampling, c7s1 + tanh."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 64, max_width: int = 256,
+                 res_blocks: int = 6, n_down: int = 2):
+        super().__init__()
+        c = lambda i: min(width * 2 ** i, max_width)  # noqa: E731
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c(0), 7, bias=False),
+                                   _norm("instance", c(0)), nn.ReLU()]
+        for i in range(n_down):
+            layers += [nn.Conv2d(c(i), c(i + 1), 3, 2, 1, bias=False), _norm("instance", c(i + 1)), nn.ReLU()]
+        layers += [ResnetBlock(c(n_down)) for _ in range(res_blocks)]
+        for i in reversed(range(n_down)):
+            layers += [nn.ConvTranspose2d(c(i + 1), c(i), 3, 2, 1, output_padding=1, bias=False),
+                       _norm("instance", c(i)), nn.ReLU()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c(0), out_channels, 7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CycleGANGenerator(nn.Module):
+    """Both directions in one module. `G(x)` is A -> B; `G(a, b)` is the whole training forward."""
+
+    num_classes = 0  # translation families are unconditional
+
+    def __init__(self, resolution: int, in_channels: int = 3, out_channels: int = 3, width: int = 64,
+                 max_width: int = 256, res_blocks: int = 6, n_down: int | None = None):
+        super().__init__()
+        depth = _log2(resolution)
+        if n_down is None:
+            n_down = min(2, depth - 2)  # 16x16 -> 4x4 bottleneck at most
+        self.resolution, self.in_channels, self.out_channels = resolution, in_channels, out_channels
+        self.g_ab = ResnetGenerator(in_channels, out_channels, width, max_width, res_blocks, n_down)
+        self.g_ba = ResnetGenerator(out_channels, in_channels, width, max_width, res_blocks, n_down)
+        _init_weights(self)
+
+    def translate(self, x: torch.Tensor, direction: str = "ab") -> torch.Tensor:
+        if direction == "ab":
+            return self.g_ab(x)
+        if direction == "ba":
+            return self.g_ba(x)
+        raise ValueError(f"direction must be 'ab' or 'ba', got {direction!r}")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None, identity: bool = True):
+        if b is None:
+            return self.g_ab(a)
+        na, nb = a.shape[0], b.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        if identity and self.in_channels == self.out_channels:
+            # Each generator sees its translation input and its identity input in one batch.
+            out["fake_b"], out["idt_b"] = self.g_ab(torch.cat([a, b])).split([na, nb])
+            out["fake_a"], out["idt_a"] = self.g_ba(torch.cat([b, a])).split([nb, na])
+        else:
+            out["fake_b"], out["fake_a"] = self.g_ab(a), self.g_ba(b)
+        out["rec_a"] = self.g_ba(out["fake_b"])
+        out["rec_b"] = self.g_ab(out["fake_a"])
+        return out
+
+
+# ----------------------------------------------------------------------------- discriminator
+
+
+class PatchGAN(nn.Module):
+    """Unconditional PatchGAN: image -> patch logits [N, 1, h, w] (70x70 receptive field at n_layers=3)."""
+
+    def __init__(self, channels: int, width: int, max_width: int, n_layers: int, norm: str, spectral_norm: bool):
+        super().__init__()
+        c = lambda i: min(width * 2 ** i, max_width)  # noqa: E731
+        layers: list[nn.Module] = [nn.Conv2d(channels, c(0), 4, 2, 1), nn.LeakyReLU(0.2)]
+        for i in range(1, n_layers + 1):
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(c(i - 1), c(i), 4, stride, 1), _norm(norm, c(i)), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(c(n_layers), 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+        _init_weights(self)
+        if spectral_norm:  # after init, so the parametrisation wraps the initialised weights
+            for m in self.net:
+                if isinstance(m, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CycleGANDiscriminator(nn.Module):
+    """D_a judges domain-A images, D_b domain-B images; both in one call: D(a, b) -> (la, lb)."""
+
+    def __init__(self, resolution: int, in_channels: int = 3, out_channels: int = 3, width: int = 64,
+                 max_width: int = 256, n_layers: int | None = None, norm: str = "instance",
+                 spectral_norm: bool = False):
+        super().__init__()
+        depth = _log2(resolution)
+        if n_layers is None:
+            n_layers = max(1, min(3, depth - 2))  # keep the patch grid >= 2x2 on small images
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.d_a = PatchGAN(in_channels, width, max_width, n_layers, norm, spectral_norm)
+        self.d_b = PatchGAN(out_channels, width, max_width, n_layers, norm, spectral_norm)
+
+    def forward(self, a_images: torch.Tensor | None, b_images: torch.Tensor | None):
+        la = self.d_a(a_images) if a_images is not None else None
+        lb = self.d_b(b_images) if b_images is not None else None
+        return la, lb
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+class ImagePool:
+    """Shrivastava et al. 2017 history buffer: D sometimes sees older fakes, which damps oscillation."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.images = size, []
+        self.rng = random.Random(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size <= 0:
+            return images
+        out = []
+        for img in images.detach():
+            if len(self.images) < self.size:
+                self.images.append(img.clone())
+                out.append(img)
+            elif self.rng.random() < 0.5:
+                i = self.rng.randrange(self.size)
+                out.append(self.images[i])
+                self.images[i] = img.clone()
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+
+class CycleGANLoss(GANLoss):
+    """Phases: "D" (both discriminators, one D forward), "G" (one G forward), "Dreg" (R1)."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, model: Any = None,
+                 cycle_weight: float | None = None, identity_weight: float | None = None, pool_size: int = 0):
+        super().__init__(G, D, ctx)
+        if cycle_weight is None:
+            cycle_weight = getattr(model, "cycle_weight", 10.0) if model is not None else 10.0
+        if identity_weight is None:
+            identity_weight = getattr(model, "identity_weight", 0.5) if model is not None else 0.5
+        self.cycle_weight, self.identity_weight = float(cycle_weight), float(identity_weight)
+        self.pool_a, self.pool_b = ImagePool(pool_size, 1), ImagePool(pool_size, 2)
+
+    def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor):
+        a, b = self.ctx.augment(a), self.ctx.augment(b)
+        with _autocast(self.ctx):
+            la, lb = D(a, b)
+        return la.float(), lb.float()
+
+    @staticmethod
+    def _interp(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        n = min(real.shape[0], fake.shape[0])
+        eps = torch.rand(n, 1, 1, 1, device=real.device, dtype=real.dtype)
+        return (eps * real[:n] + (1 - eps) * fake[:n]).requires_grad_(True)
+
+    def accumulate_gradients(self, phase: str, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        a, b = batch["a"], batch["b"]
+        na, nb = a.shape[0], b.shape[0]
+        adv = self.ctx.adversarial
+        if phase == "D":
+            G_raw = unwrap(self.G)
+            with torch.no_grad(), _autocast(self.ctx):
+                fake_b = G_raw.translate(a, "ab").float()
+                fake_a = G_raw.translate(b, "ba").float()
+            fake_a, fake_b = self.pool_a.query(fake_a), self.pool_b.query(fake_b)
+            parts_a, parts_b = [a, fake_a], [b, fake_b]
+            if self.ctx.use_gp:  # interpolates ride along in the same D forward
+                interp_a, interp_b = self._interp(a, fake_a), self._interp(b, fake_b)
+                parts_a.append(interp_a)
+                parts_b.append(interp_b)
+            la, lb = self._d(self.D, torch.cat(parts_a), torch.cat(parts_b))
+            real_a, fake_a_l = la[:na], la[na:na + fake_a.shape[0]]
+            real_b, fake_b_l = lb[:nb], lb[nb:nb + fake_b.shape[0]]
+            loss = adv.d_loss(real_a, fake_a_l) + adv.d_loss(real_b, fake_b_l)
+            stats = {}
+            if self.ctx.use_gp:
+                gp = (gradient_penalty(la[na + fake_a.shape[0]:], interp_a)
+                      + gradient_penalty(lb[nb + fake_b.shape[0]:], interp_b))
+                loss = loss + self.ctx.gp_weight * gp
+                stats["gp"] = gp.item()
+            loss.backward()
+            real = torch.cat([real_a.flatten(), real_b.flatten()])
+            stats.update(loss_d=loss.item(), d_real=real.mean().item(),
+                         d_fake=torch.cat([fake_a_l.flatten(), fake_b_l.flatten()]).mean().item(),
+                         d_real_sign=real.sign().mean().item())
+            return stats
+        if phase == "Dreg":
+            if self.ctx.r1_gamma <= 0:
+                return {}
+            a_req, b_req = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+            la, lb = self._d(self.D, a_req, b_req)
+            r1 = r1_penalty(la, a_req) + r1_penalty(lb, b_req)
+            (r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every).backward()
+            return {"r1": r1.item()}
+        if phase == "G":
+            use_idt = self.identity_weight > 0
+            with _autocast(self.ctx):
+                out = self.G(a, b, identity=use_idt)
+            out = {k: v.float() for k, v in out.items()}
+            with _frozen(unwrap(self.D)) as D_raw:
+                la, lb = self._d(D_raw, out["fake_a"], out["fake_b"])
+            loss_adv = adv.g_loss(la) + adv.g_loss(lb)
+            cycle = F.l1_loss(out["rec_a"], a) + F.l1_loss(out["rec_b"], b)
+            loss = loss_adv + self.cycle_weight * cycle
+            stats = {}
+            if "idt_a" in out:
+                idt = F.l1_loss(out["idt_b"], b) + F.l1_loss(out["idt_a"], a)
+                loss = loss + self.identity_weight * self.cycle_weight * idt
+                stats["idt"] = idt.item()
+            loss.backward()
+            stats.update(loss_g=loss.item(), loss_g_adv=loss_adv.item(), cycle=cycle.item())
+            return stats
+        raise ValueError(f"unknown phase {phase!r}")
+
+
+# ----------------------------------------------------------------------------- family
+
+
+@register
+class CycleGAN(GANFamily):
+    name = "cyclegan"
+    kind = "translation"
+    generator_cls = CycleGANGenerator
+    discriminator_cls = CycleGANDiscriminator
+    loss_cls = CycleGANLoss
+
+    @classmethod
+    def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
+        return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
+                "width": model.width, "max_width": model.max_width, "res_blocks": model.res_blocks,
+                "n_down": None}
+
+    @classmethod
+    def discriminator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
+        return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
+                "width": model.width, "max_width": model.max_width, "n_layers": None,
+                "norm": "none" if model.spectral_norm else "instance", "spectral_norm": model.spectral_norm}
+
+    @classmethod
+    def loss_kwargs(cls, model, data: DataInfo | None = None) -> dict[str, Any]:
+        """Extra keyword arguments for loss_cls(G, D, ctx, **kwargs)."""
+        return {"cycle_weight": model.cycle_weight, "identity_weight": model.identity_weight}

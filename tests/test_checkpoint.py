@@ -1,0 +1,128 @@
+"""Checkpoint folder format: round trip, content id, refusal of incomplete/corrupt folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ganaug import checkpoint, storage
+from ganaug.checkpoint import CheckpointError
+from ganaug.config import ModelConfig
+from ganaug.models.registry import DataInfo, get_family
+from ganaug.sampling import Sampler
+
+
+def tiny_cgan(seed=0):
+    fam = get_family("cgan")
+    info = DataInfo(16, 1, 10, [str(i) for i in range(10)])
+    mc = ModelConfig(family="cgan", width=8, z_dim=16, embed_dim=8)
+    torch.manual_seed(seed)
+    G = fam.build_generator(fam.generator_kwargs(mc, info))
+    D = fam.build_discriminator(fam.discriminator_kwargs(mc, info))
+    meta = {"family": "cgan", "kind": fam.kind, "generator_kwargs": fam.generator_kwargs(mc, info),
+            "resolution": 16, "channels": 1, "num_classes": 10, "class_names": info.class_names, "step": 3}
+    return G, D, meta
+
+
+def save_tiny(uri, seed=0):
+    G, D, meta = tiny_cgan(seed)
+    opt = torch.optim.Adam(G.parameters())
+    state = {"step": 3, "optimizer_g": opt.state_dict(), "rng": torch.get_rng_state(), "ada_p": 0.25}
+    checkpoint.save_checkpoint(uri, meta=meta, generator_ema=G, generator=G, discriminator=D,
+                               train_state=state, samples_png=b"\x89PNG fake-but-unused")
+    return G, meta
+
+
+def test_roundtrip_local_and_ids(tmp_path):
+    uri = str(tmp_path / "run" / "checkpoints" / checkpoint.step_dir_name(3))
+    G, meta = save_tiny(uri)
+    names = set(storage.listdir(uri))
+    assert {"model.json", "generator_ema.safetensors", "generator.safetensors",
+            "discriminator.safetensors", "train_state.pt", "samples.png"} <= names
+    loaded = checkpoint.load_meta(uri)
+    assert loaded["family"] == "cgan" and loaded["ganaug_version"]
+    G2, _ = checkpoint.build_generator(uri)
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, G2.state_dict()[k]), k
+    state = checkpoint.load_train_state(uri)
+    assert state["step"] == 3 and state["ada_p"] == 0.25
+    cid = checkpoint.checkpoint_id(uri)
+    assert len(cid) == 16 and cid == checkpoint.checkpoint_id(uri)
+    other = str(tmp_path / "other")
+    save_tiny(other, seed=1)
+    assert checkpoint.checkpoint_id(other) != cid
+    assert checkpoint.latest_checkpoint(str(tmp_path / "run")) == uri
+    assert checkpoint.resolve_checkpoint(str(tmp_path / "run")) == uri
+
+
+def test_sampler_from_checkpoint_is_batch_invariant(tmp_path):
+    uri = str(tmp_path / "ck")
+    save_tiny(uri)
+    s = Sampler.from_checkpoint(uri)
+    seeds = list(range(100, 140))
+    labels = [i % 10 for i in range(40)]
+    all_at_once = s.generate(seeds, labels, 0.8)
+    one_by_one = np.concatenate([s.generate([sd], [lb], 0.8) for sd, lb in zip(seeds, labels)])
+    assert all_at_once.dtype == np.uint8 and all_at_once.shape == (40, 16, 16, 1)
+    assert np.array_equal(all_at_once, one_by_one)
+    with pytest.raises(Exception, match="out of range"):
+        s.generate([1], [10])
+
+
+def test_missing_marker_is_incomplete(tmp_path):
+    uri = str(tmp_path / "ck")
+    save_tiny(uri)
+    storage.delete(storage.join(uri, "model.json"))
+    with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+        checkpoint.load_meta(uri)
+    assert checkpoint.list_checkpoints(str(tmp_path)) == []
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Sampler.from_checkpoint(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("victim", ["generator_ema.safetensors", "train_state.pt"])
+def test_corrupt_or_missing_files_are_refused(tmp_path, victim):
+    uri = str(tmp_path / "ck")
+    save_tiny(uri)
+    path = storage.join(uri, victim)
+    data = storage.read_bytes(path)
+    storage.write_bytes(path, data[: len(data) // 2])
+    loader = checkpoint.build_generator if victim.startswith("generator") else checkpoint.load_train_state
+    with pytest.raises(CheckpointError, match=victim):
+        loader(uri)
+    storage.delete(path)
+    with pytest.raises(CheckpointError, match=f"lacks {victim}"):
+        loader(uri)
+
+
+def test_train_state_never_unpickles_arbitrary_objects(tmp_path):
+    uri = str(tmp_path / "ck")
+    G, D, meta = tiny_cgan()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    checkpoint.save_checkpoint(uri, meta=meta, generator_ema=G, train_state={"x": Evil()})
+    with pytest.raises(CheckpointError, match="train_state.pt"):
+        checkpoint.load_train_state(uri)
+
+
+def test_prune_keeps_newest(tmp_path):
+    run = str(tmp_path / "run")
+    for step in (10, 20, 30, 40):
+        save_tiny(storage.join(run, "checkpoints", checkpoint.step_dir_name(step)))
+    checkpoint.prune_checkpoints(run, keep=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [30, 40]
+
+
+def test_checkpoint_on_s3(s3):
+    uri = s3.prefix() + "/ck"
+    G, meta = save_tiny(uri)
+    s = Sampler.from_checkpoint(uri)
+    assert s.generate([1, 2], [3, 4]).shape == (2, 16, 16, 1)
+    assert json.loads(storage.read_bytes(uri + "/model.json"))["family"] == "cgan"

@@ -1,0 +1,79 @@
+"""Config: YAML -> typed dataclasses, errors that name the key, overrides, round trips."""
+
+import json
+
+import pytest
+import yaml
+
+from ganaug.config import ConfigError, RunConfig, config_from_dict, load_config
+
+
+def test_defaults_validate_and_roundtrip_yaml_json(tmp_path):
+    cfg = load_config(None, ["model.width=32", "training.steps=10", "data.spec=builtin:digits[0:100]"])
+    assert cfg.model.width == 32 and cfg.training.steps == 10
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+    assert config_from_dict(json.loads(cfg.to_json())) == cfg
+    assert cfg.digest() == load_config(path).digest()
+
+
+def test_unknown_key_names_full_path_and_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"training": {"batch_sise": 8}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "training.batch_sise" in msg and "did you mean 'training.batch_size'" in msg
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown config key 'modle'.*did you mean 'model'"):
+        config_from_dict({"modle": {}})
+
+
+def test_wrong_type_names_key_value_and_expectation():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"training": {"steps": "many"}})
+    assert "training.steps" in str(e.value) and "'many'" in str(e.value) and "integer" in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.resolution=48", "data.resolution"),
+    ("data.channels=2", "data.channels"),
+    ("training.loss=wgan", "training.loss"),
+    ("training.lr_g=-1", "training.lr_g"),
+    ("training.augment=color,flip", "training.augment"),
+])
+def test_out_of_range_values(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
+
+
+def test_unknown_family_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'cgan'"):
+        load_config(None, ["model.family=cgn"])
+
+
+def test_override_coercion_and_errors():
+    cfg = load_config(None, ["training.lr_g=1e-3", "model.spectral_norm=false", "training.seed=7"])
+    assert cfg.training.lr_g == 1e-3 and cfg.model.spectral_norm is False and cfg.training.seed == 7
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["training.steps"])
+    with pytest.raises(ConfigError, match="training.stepz"):
+        load_config(None, ["training.stepz=3"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(None, ["training.steps=3", "training.steps.x=3"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_runconfig_is_plain_dataclass():
+    assert RunConfig().model.family == "cgan"
