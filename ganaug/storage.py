@@ -165,8 +165,13 @@ def _bucket_missing(uri: str) -> bool:
     try:
         fs, path = resolve(uri)
         return fs.get_file_info(path.split("/", 1)[0]).type == pafs.FileType.NotFound
-    except Exception:
+    except (OSError, StorageError):
         return False
+
+
+def missing_reason(uri: str) -> str:
+    """Why a URI that does not exist is missing: 'no such bucket' or 'not found'."""
+    return "no such bucket" if _bucket_missing(uri) else "not found"
 
 
 def _fail(uri: str, op: str, exc: BaseException) -> StorageError:
@@ -182,7 +187,7 @@ def _info(uri: str, op: str = "stat") -> pafs.FileInfo:
     fs, path = resolve(uri)
     try:
         return fs.get_file_info(path)
-    except Exception as e:  # noqa: BLE001 - every failure becomes a StorageError
+    except Exception as e:
         raise _fail(uri, op, e) from e
 
 
@@ -213,7 +218,7 @@ def listdir(uri: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
     except NotADirectoryError:
         return []
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if "not a directory" in str(e).lower():
             return []
         raise _fail(uri, "list", e) from e
@@ -225,7 +230,7 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
     fs, path = resolve(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if "not a directory" in str(e).lower():
             return []
         raise _fail(uri, "list", e) from e
@@ -244,7 +249,7 @@ def open_input(uri: str):
     fs, path = resolve(uri)
     try:
         return fs.open_input_file(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "open", e) from e
 
 
@@ -255,7 +260,7 @@ def open_output(uri: str):
         if not is_s3(uri):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         return fs.open_output_stream(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "write", e) from e
 
 
@@ -264,7 +269,7 @@ def read_bytes(uri: str) -> bytes:
     try:
         with fs.open_input_stream(path) as f:
             return f.read()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "read", e) from e
 
 
@@ -276,7 +281,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             # One upload: the object becomes visible only when the upload completes.
             with fs.open_output_stream(path) as f:
                 f.write(data)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _fail(uri, "write", e) from e
         return
     folder = os.path.dirname(path)
@@ -288,7 +293,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
         tmp = None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "write", e) from e
     finally:
         if tmp is not None:
@@ -335,7 +340,7 @@ def makedirs(uri: str) -> None:
     fs, path = resolve(uri)
     try:
         fs.create_dir(path, recursive=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "create folder", e) from e
 
 
@@ -356,7 +361,7 @@ def delete(uri: str, recursive: bool = False, missing_ok: bool = True) -> None:
             fs.delete_file(path)
     except StorageError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(uri, "delete", e) from e
 
 
@@ -385,7 +390,7 @@ def _copy_file(src: str, dst: str) -> None:
     dfs, dpath = resolve(dst)
     try:
         inp = sfs.open_input_stream(spath)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _fail(src, "read", e) from e
     with inp:
         if is_s3(dst):
@@ -393,7 +398,7 @@ def _copy_file(src: str, dst: str) -> None:
                 with dfs.open_output_stream(dpath) as out:
                     while chunk := inp.read(_COPY_CHUNK):
                         out.write(chunk)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise _fail(dst, "write", e) from e
             return
         folder = os.path.dirname(dpath)
@@ -406,7 +411,7 @@ def _copy_file(src: str, dst: str) -> None:
                     out.write(chunk)
             os.replace(tmp, dpath)
             tmp = None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _fail(dst, "write", e) from e
         finally:
             if tmp is not None:

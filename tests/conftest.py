@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-MNIST_DIR = SHARED_DIR / "data" / "mnist"
+SHARED_DIR = REPO_ROOT.parent / "shared"   # ../shared next to the repo (real MNIST lives there)
 
 
 def _free_port() -> int:
@@ -81,3 +80,7 @@ def s3():
 def s3_prefix(s3) -> str:
     """A fresh s3://bucket/<uuid> prefix for one test."""
     return s3.new_prefix()
+
+
+# One Ray per session (DESIGN §3: startup costs); defined in ray_fixtures.py.
+from ray_fixtures import ray_session  # noqa: E402,F401

@@ -8,12 +8,11 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
+def ray_session(s3):
     """A local Ray with 4 logical CPUs, shared by every Ray-using test.
 
-    Depends on nothing else so it can start early; tests needing S3 also request `s3`,
-    whose environment variables Ray workers inherit only if set before this fixture, so
-    S3-using tests should request `s3` *before* `ray_session` in their signature.
+    It depends on `s3` so the moto endpoint's AWS variables are in the environment before
+    Ray starts, and every Ray worker inherits them.
     """
     import ray
 

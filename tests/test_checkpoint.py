@@ -121,7 +121,7 @@ def test_prune_keeps_newest(tmp_path):
 
 
 def test_checkpoint_on_s3(s3):
-    uri = s3.prefix() + "/ck"
+    uri = s3.new_prefix() + "/ck"
     G, meta = save_tiny(uri)
     s = Sampler.from_checkpoint(uri)
     assert s.generate([1, 2], [3, 4]).shape == (2, 16, 16, 1)

@@ -190,6 +190,9 @@ def test_errors_name_the_uri(s3, tmp_path):
     bad_json.write_text("{nope")
     with pytest.raises(StorageError, match=f"{bad_json}: invalid JSON"):
         storage.read_json(str(bad_json))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StorageError, match=f"cannot write {tmp_path}/afile/sub/x: a parent path is a file"):
+        storage.write_bytes(str(tmp_path / "afile" / "sub" / "x"), b"1")
     assert issubclass(StorageError, UserError)
     assert storage.exists(missing_bucket) is False
 

@@ -20,7 +20,7 @@ from ganaug.models.stylegan2 import (
 
 torch.set_num_threads(1)
 
-TINY = dict(z_dim=16, w_dim=16, mapping_layers=2, width=8, max_width=16, embed_dim=8)
+TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "width": 8, "max_width": 16, "embed_dim": 8}
 
 
 def make_g(resolution=16, channels=1, num_classes=0, **kw):
@@ -235,7 +235,36 @@ def test_family_registered_and_kwargs_json():
     json.dumps(gk), json.dumps(dk)
     assert gk["num_classes"] == 10 and dk["num_classes"] == 10
     G, D = fam.build_generator(gk), fam.build_discriminator(dk)
-    assert G(torch.randn(2, 16), torch.tensor([1, 2])).shape == (2, 1, 32, 32)
+    x = G(torch.randn(2, 16), torch.tensor([1, 2]))
+    assert x.shape == (2, 1, 32, 32)
+    assert D(x, torch.tensor([1, 2])).shape == (2,)
     cfg.conditional = False
     assert fam.generator_kwargs(cfg, info)["num_classes"] == 0
     assert fam.discriminator_kwargs(cfg, info)["num_classes"] == 0
+
+
+def test_phases_under_ddp(tmp_path):
+    """One forward per trained module per phase: DDP (gloo, world size 1) accepts every phase,
+    including lazy R1's double backward, over several steps."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        G, D = make_g(num_classes=3), make_d(num_classes=3)
+        ctx = LossContext(adversarial=make_adversarial_loss("hinge"), augment=lambda x: x,
+                          r1_gamma=1.0, r1_every=2)
+        loss = StyleGAN2Loss(DDP(G), DDP(D), ctx)
+        opts = {"G": torch.optim.Adam(G.parameters(), 1e-3), "D": torch.optim.Adam(D.parameters(), 1e-3)}
+        batch = {"image": torch.rand(4, 1, 16, 16) * 2 - 1, "label": torch.tensor([0, 1, 2, 0])}
+        for step in range(3):
+            for phase in ("D", "Dreg", "G"):
+                if not loss.wants_phase(phase, step):
+                    continue
+                opt = opts["G" if phase == "G" else "D"]
+                opt.zero_grad(set_to_none=True)
+                stats = loss.accumulate_gradients(phase, batch, step)
+                assert all(np.isfinite(v) for v in stats.values())
+                opt.step()
+    finally:
+        dist.destroy_process_group()

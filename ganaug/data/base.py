@@ -3,8 +3,8 @@ rows of a slice, as decoded arrays or as encoded bytes (decoded later by the loa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -12,7 +12,7 @@ BUILTINS = ("digits",)
 SPEC_HELP = ("builtin:digits, mnist:DIR_OR_URI, imagefolder:DIR_OR_URI, parquet:URI "
              "(any of them may end with a row slice [a:b])")
 
-_SPEC_RE = re.compile(r"^(?P<scheme>[A-Za-z0-9_+-]+):(?P<loc>.*?)(?:\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]]*)\])?$", re.S)
+_SPEC_RE = re.compile(r"^(?P<scheme>[A-Za-z0-9_+-]+):(?P<loc>.*?)(?:\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]]*)\])?$", re.DOTALL)
 
 
 class DatasetError(UserError):

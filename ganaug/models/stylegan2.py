@@ -30,8 +30,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ganaug.losses import GANLoss, LossContext, r1_penalty, set_requires_grad, unwrap
 from ganaug.models.registry import DataInfo, GANFamily, register
