@@ -37,6 +37,10 @@ class ClassifierConfig:
         return asdict(self)
 
 
+# Frozen, so one shared instance is a safe default argument.
+DEFAULT_CLASSIFIER = ClassifierConfig()
+
+
 class SmallCNN(nn.Module):
     """Three conv stages (w, 2w, 4w channels), global average pool, linear head.
 
@@ -59,7 +63,7 @@ class SmallCNN(nn.Module):
             *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
             *block(2 * w, 4 * w),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(4 * w, num_classes)
 
@@ -114,7 +118,7 @@ def train_classifier(
     hflip: bool = False,
     sample_weights: np.ndarray | None = None,
     device: str | torch.device = "cpu",
-    config: ClassifierConfig = ClassifierConfig(),
+    config: ClassifierConfig = DEFAULT_CLASSIFIER,
 ) -> SmallCNN:
     """Train the fixed CNN from scratch; deterministic for a given seed (on one device).
 
@@ -128,6 +132,8 @@ def train_classifier(
     labels = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need matching non-empty images/labels, got {len(images)} and {len(labels)}")
+    if sample_weights is not None and len(sample_weights) != len(labels):
+        raise ValueError(f"sample_weights has {len(sample_weights)} entries for {len(labels)} images")
     device = torch.device(device)
     x_all = to_tensor(images)
     y_all = torch.from_numpy(labels)

@@ -130,7 +130,7 @@ class PrecisionRecall:
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, *, k: int = 3, max_samples: int | None = 10000,
-                     seed: int = 0) -> PrecisionRecall:  # fmt: skip
+                     seed: int = 0) -> PrecisionRecall:
     """Improved precision and recall (Kynkäänniemi et al. 2019), manifolds = union of k-NN balls."""
     rng = np.random.default_rng(seed)
     real, fake = _subsample(real, max_samples, rng), _subsample(fake, max_samples, rng)
@@ -149,7 +149,7 @@ class DensityCoverage:
 
 
 def density_coverage(real: np.ndarray, fake: np.ndarray, *, k: int = 5, max_samples: int | None = 10000,
-                     seed: int = 0) -> DensityCoverage:  # fmt: skip
+                     seed: int = 0) -> DensityCoverage:
     """Density and coverage (Naeem et al. 2020); only real-point balls, so robust to fake outliers."""
     rng = np.random.default_rng(seed)
     real, fake = _subsample(real, max_samples, rng), _subsample(fake, max_samples, rng)
@@ -164,7 +164,7 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, *, k: int = 5, max_samp
 
 
 def per_class_fid(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                  class_names: Sequence[str], *, min_samples: int = 2) -> dict[str, float | None]:  # fmt: skip
+                  class_names: Sequence[str], *, min_samples: int = 2) -> dict[str, float | None]:
     """FID within each class; None where a side has fewer than ``min_samples``.
 
     With fewer samples than feature dimensions the covariances are rank-deficient

@@ -30,7 +30,7 @@ class LabelFidelity:
 
 
 def label_fidelity(classifier: SmallCNN, images: np.ndarray, labels: np.ndarray,
-                   class_names: Sequence[str]) -> LabelFidelity:  # fmt: skip
+                   class_names: Sequence[str]) -> LabelFidelity:
     labels = np.asarray(labels, dtype=np.int64)
     probs = predict_proba(classifier, images)
     hit = probs.argmax(1) == labels
@@ -156,6 +156,7 @@ class Memorisation:
     threshold: float
     near_copy_fraction: float  # share of samples closer to the training set than the threshold
     expected_fraction: float  # what real unseen images give by construction (= quantile)
+    flag_fraction: float  # near_copy_fraction above this -> memorised
     exact_copy_fraction: float
     median_nn: float
     median_reference_nn: float  # median held-out-to-train NN distance
@@ -164,13 +165,16 @@ class Memorisation:
 
 
 def memorisation(train: np.ndarray, heldout: np.ndarray, samples: np.ndarray, *, space: str = "pixel",
-                 quantile: float = 0.01, flag_factor: float = 5.0) -> Memorisation:  # fmt: skip
+                 quantile: float = 0.01, flag_factor: float = 10.0) -> Memorisation:
     """Nearest-neighbour copy check against the training set.
 
     A real image the generator never saw sits at a typical distance from its
     nearest training image; the ``quantile`` of those held-out distances is the
     near-copy threshold, so unseen real images are below it ``quantile`` of the
     time. More than ``flag_factor`` times that among the samples means copying.
+    The factor is generous because the quantile comes from a few hundred held-out
+    images and real datasets hold near-duplicates (same writer, same object):
+    unseen digits land at 2-4% for a 1% quantile.
     Inputs are vectors in one space (``pixel_vectors`` or features).
     """
     ref = nearest_distances(heldout, train)
@@ -179,13 +183,13 @@ def memorisation(train: np.ndarray, heldout: np.ndarray, samples: np.ndarray, *,
     frac = float((nn <= threshold).mean())
     return Memorisation(
         space=space, quantile=quantile, threshold=threshold, near_copy_fraction=frac,
-        expected_fraction=quantile, exact_copy_fraction=float((nn <= 1e-6).mean()),
+        expected_fraction=quantile, flag_fraction=flag_factor * quantile, exact_copy_fraction=float((nn <= 1e-6).mean()),
         median_nn=float(np.median(nn)), median_reference_nn=float(np.median(ref)),
         memorised=bool(frac > flag_factor * quantile), n=len(samples),
-    )  # fmt: skip
+    )
 
 
 __all__ = [
     "ClassDiversity", "DiversityResult", "LabelFidelity", "Memorisation", "distinct_fraction", "diversity",
     "label_fidelity", "mean_pairwise_distance", "memorisation", "pixel_vectors",
-]  # fmt: skip
+]

@@ -17,15 +17,21 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ganaug.metrics.classifier import ClassifierConfig, SmallCNN, to_tensor, train_classifier
+from ganaug.metrics.classifier import (
+    ClassifierConfig,
+    SmallCNN,
+    to_tensor,
+    train_classifier,
+)
 
 # Bump when the architecture or training recipe changes: old caches must not match.
 DOMAIN_FORMAT_VERSION = 1
@@ -66,13 +72,13 @@ class DomainSettings:
     seed: int = 0
     augment: str = "classic"  # a feature space that tolerates small shifts is a fairer judge of samples
     hflip: bool = False
-    classifier: ClassifierConfig = ClassifierConfig()
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def to_dict(self) -> dict:
         return {
             "epochs": self.epochs, "seed": self.seed, "augment": self.augment, "hflip": self.hflip,
             "classifier": self.classifier.to_dict(), "format_version": DOMAIN_FORMAT_VERSION,
-        }  # fmt: skip
+        }
 
 
 def domain_fingerprint(images: np.ndarray, labels: np.ndarray, num_classes: int, settings: DomainSettings) -> str:
@@ -81,7 +87,7 @@ def domain_fingerprint(images: np.ndarray, labels: np.ndarray, num_classes: int,
     images = np.ascontiguousarray(images)
     labels = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
     h.update(json.dumps({"shape": list(images.shape), "dtype": str(images.dtype), "n_labels": len(labels),
-                         "num_classes": num_classes, "settings": settings.to_dict()}, sort_keys=True).encode())  # fmt: skip
+                         "num_classes": num_classes, "settings": settings.to_dict()}, sort_keys=True).encode())
     h.update(images.tobytes())
     h.update(labels.tobytes())
     return h.hexdigest()
@@ -101,7 +107,7 @@ class DomainFeatures(FeatureExtractor):
     name = "domain"
 
     def __init__(self, classifier: SmallCNN, *, fingerprint: str = "", cache_hit: bool = False,
-                 path: Path | None = None, batch_size: int = 256, device: str | torch.device = "cpu"):  # fmt: skip
+                 path: Path | None = None, batch_size: int = 256, device: str | torch.device = "cpu"):
         super().__init__(batch_size=batch_size, device=device)
         self.classifier = classifier.to(self.device).eval()
         self.dim = classifier.feature_dim
@@ -133,12 +139,12 @@ class DomainFeatures(FeatureExtractor):
         model = train_classifier(
             images, labels, num_classes, epochs=settings.epochs, seed=settings.seed,
             augment=settings.augment, hflip=settings.hflip, device=device, config=settings.classifier,
-        )  # fmt: skip
+        )
         meta = {
             "fingerprint": fp, "in_channels": model.in_channels, "num_classes": num_classes,
             "width": model.width, "dropout": settings.classifier.dropout, "resolution": list(images.shape[1:3]),
-            "n_train": int(len(images)), "settings": settings.to_dict(),
-        }  # fmt: skip
+            "n_train": len(images), "settings": settings.to_dict(),
+        }
         _save_domain(entry, model, meta)
         return cls(model, fingerprint=fp, cache_hit=False, path=entry, device=device)
 
@@ -193,7 +199,7 @@ class InceptionFeatures(FeatureExtractor):
     _STD = (0.229, 0.224, 0.225)
 
     def __init__(self, weights_path: str | Path, *, transform_input: bool = False, batch_size: int = 32,
-                 device: str | torch.device = "cpu"):  # fmt: skip
+                 device: str | torch.device = "cpu"):
         super().__init__(batch_size=batch_size, device=device)
         from torchvision.models import inception_v3
 
@@ -204,7 +210,7 @@ class InceptionFeatures(FeatureExtractor):
         missing = [k for k in missing if not k.startswith("AuxLogits.")]
         if missing or unexpected:
             raise ValueError(f"{weights_path}: not torchvision inception_v3 weights "
-                             f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")  # fmt: skip
+                             f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
         net.fc = torch.nn.Identity()  # eval-mode forward then ends at the pooled 2048-d pool3 vector
         self.net = net.to(self.device).eval()
         self.mean = torch.tensor(self._MEAN, device=self.device).view(1, 3, 1, 1)
@@ -242,7 +248,9 @@ class TorchScriptFeatures(FeatureExtractor):
         super().__init__(batch_size=batch_size, device=device)
         if not Path(path).is_file():
             raise FileNotFoundError(f"torchscript module not found: {path}")
-        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        with warnings.catch_warnings():  # torch.jit is deprecated upstream; user modules still come as TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
         self.path = Path(path)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,12 +278,12 @@ def register_feature(name: str):
 
 @register_feature("domain")
 def _make_domain(arg: str | None, *, real_train=None, num_classes=None, cache_dir=None, device="cpu",
-                 domain_settings: DomainSettings | None = None, **_) -> DomainFeatures:  # fmt: skip
+                 domain_settings: DomainSettings | None = None, **_) -> DomainFeatures:
     if real_train is None or num_classes is None:
         raise ValueError("feature 'domain' needs real_train=(images, labels) and num_classes")
     return DomainFeatures.from_training(real_train[0], real_train[1], num_classes,
                                         settings=domain_settings or DomainSettings(),
-                                        cache_dir=cache_dir, device=device)  # fmt: skip
+                                        cache_dir=cache_dir, device=device)
 
 
 @register_feature("inception")
@@ -319,11 +327,13 @@ class FeatureMapper:
     """
 
     def __init__(self, make_extractor: Callable[[], Callable[[np.ndarray], np.ndarray]],
-                 image_key: str = "image", out_key: str = "features"):  # fmt: skip
+                 image_key: str = "image", out_key: str = "features"):
         self.extractor = make_extractor()
         self.image_key, self.out_key = image_key, out_key
 
     def __call__(self, batch: dict) -> dict:
-        images = np.stack(list(batch[self.image_key])) if batch[self.image_key].dtype == object else batch[self.image_key]
+        images = batch[self.image_key]
+        if not isinstance(images, np.ndarray) or images.dtype == object:  # a list / ragged column of HWC arrays
+            images = np.stack([np.asarray(im) for im in images])
         batch[self.out_key] = self.extractor(np.asarray(images, dtype=np.uint8))
         return batch
