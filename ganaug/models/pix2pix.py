@@ -19,8 +19,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ganaug.losses import GANLoss, LossContext, gradient_penalty, r1_penalty, unwrap
 from ganaug.models.registry import DataInfo, GANFamily, register
@@ -135,7 +135,9 @@ class UNetGenerator(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
         return torch.tanh(h)
 
-    def translate(self, x: torch.Tensor) -> torch.Tensor:
+    def translate(self, x: torch.Tensor, direction: str = "ab") -> torch.Tensor:
+        if direction != "ab":
+            raise ValueError(f"pix2pix translates A -> B only; got direction {direction!r}")
         return self(x)
 
 
@@ -158,7 +160,7 @@ class PatchDiscriminator(nn.Module):
             n_layers = max(1, min(3, depth - 2))
         self.in_channels, self.out_channels = in_channels, out_channels
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
-        c = lambda i: min(width * 2 ** i, max_width)  # noqa: E731
+        c = lambda i: min(width * 2 ** i, max_width)
         layers: list[nn.Module] = [nn.Conv2d(in_channels + out_channels, c(0), 4, 2, 1), nn.LeakyReLU(0.2)]
         for i in range(1, n_layers + 1):
             stride = 2 if i < n_layers else 1
@@ -229,7 +231,9 @@ class Pix2PixLoss(GANLoss):
             b_req = b.detach().requires_grad_(True)
             logits = self._d(self.D, a, b_req)
             r1 = r1_penalty(logits, b_req)
-            (r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every).backward()
+            # logits * 0 puts every D parameter in the graph (the last bias has no input
+            # gradient), which DDP needs to finish its reduction.
+            (r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every + logits.sum() * 0).backward()
             return {"r1": r1.item()}
         if phase == "G":
             with _autocast(self.ctx):
@@ -251,6 +255,7 @@ class Pix2PixLoss(GANLoss):
 class Pix2Pix(GANFamily):
     name = "pix2pix"
     kind = "translation"
+    paired = True  # batch source: A = source_transform(B) of the same rows
     generator_cls = UNetGenerator
     discriminator_cls = PatchDiscriminator
     loss_cls = Pix2PixLoss
