@@ -17,7 +17,7 @@ Randomness: the global torch RNG on the input's device. The training loop seeds 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -14,12 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ganaug.errors import UserError
 from ganaug.losses import LossContext, NoiseGANLoss
-from ganaug.models.layers import ConditionalBatchNorm2d, channels_at, init_weights, log2_int, maybe_sn
+from ganaug.models.layers import (
+    ConditionalBatchNorm2d,
+    channels_at,
+    init_weights,
+    log2_int,
+    maybe_sn,
+)
 from ganaug.models.registry import DataInfo, GANFamily, register
 
 # ----------------------------------------------------------------------------- generator
@@ -56,7 +62,7 @@ class CGANGenerator(nn.Module):
         if num_classes < 1:
             raise ValueError("cgan needs labelled data (num_classes >= 1)")
         self.z_dim, self.num_classes, self.resolution, self.channels = z_dim, num_classes, resolution, channels
-        ch = lambda s: channels_at(s, resolution, width, max_width)  # noqa: E731
+        ch = lambda s: channels_at(s, resolution, width, max_width)
         self.c0 = ch(4)
         self.embed = nn.Embedding(num_classes, embed_dim)
         self.fc = nn.Linear(z_dim + embed_dim, self.c0 * 16)
@@ -122,7 +128,7 @@ class CGANDiscriminator(nn.Module):
         super().__init__()
         n_down = log2_int(resolution, low=8, high=1024) - 2
         self.num_classes, self.aux_classes = num_classes, aux_classes
-        ch = lambda s: channels_at(s, resolution, width, max_width)  # noqa: E731
+        ch = lambda s: channels_at(s, resolution, width, max_width)
         blocks = []
         c_in, s = channels, resolution
         for i in range(n_down):

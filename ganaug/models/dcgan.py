@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ganaug.losses import NoiseGANLoss
 from ganaug.models.layers import channels_at, init_weights, log2_int, maybe_sn
@@ -34,7 +34,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         n_up = log2_int(resolution, low=8, high=1024) - 2
         self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
-        ch = lambda s: channels_at(s, resolution, width, max_width)  # noqa: E731
+        ch = lambda s: channels_at(s, resolution, width, max_width)
         self.c0 = ch(4)
         self.fc = nn.Linear(z_dim, self.c0 * 16, bias=False)
         self.bn0 = nn.BatchNorm2d(self.c0)
@@ -62,7 +62,7 @@ class DCGANDiscriminator(nn.Module):
                  spectral_norm: bool = True):
         super().__init__()
         n_down = log2_int(resolution, low=8, high=1024) - 2
-        ch = lambda s: channels_at(s, resolution, width, max_width)  # noqa: E731
+        ch = lambda s: channels_at(s, resolution, width, max_width)
         layers: list[nn.Module] = []
         c_in, s = channels, resolution
         for _ in range(n_down):

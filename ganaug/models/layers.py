@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 def log2_int(n: int, *, low: int = 4, high: int = 1024, what: str = "resolution") -> int:

@@ -37,6 +37,7 @@ class GANFamily:
 
     name: ClassVar[str]
     kind: ClassVar[str]  # "noise" | "translation"
+    paired: ClassVar[bool] = True  # translation batch source: A and B from the same rows
     generator_cls: ClassVar[type[nn.Module]]
     discriminator_cls: ClassVar[type[nn.Module]]
     loss_cls: ClassVar[type]
@@ -49,6 +50,11 @@ class GANFamily:
     @classmethod
     def discriminator_kwargs(cls, model: "ModelConfig", data: DataInfo) -> dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def loss_kwargs(cls, model: "ModelConfig", data: DataInfo) -> dict[str, Any]:
+        """Extra keyword arguments of `loss_cls` (e.g. L1 or cycle weights); none by default."""
+        return {}
 
     @classmethod
     def build_generator(cls, kwargs: dict[str, Any]) -> nn.Module:
