@@ -27,6 +27,13 @@ from ganaug.errors import UserError
 # them last so a copied folder is never seen complete before its contents are.
 MARKERS = ("_manifest.json", "model.json")
 
+def _umask_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_file_mode()
 _COPY_CHUNK = 8 << 20
 
 
@@ -291,6 +298,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; published files follow the umask
         os.replace(tmp, path)
         tmp = None
     except Exception as e:
@@ -409,6 +417,7 @@ def _copy_file(src: str, dst: str) -> None:
             with os.fdopen(fd, "wb") as out:
                 while chunk := inp.read(_COPY_CHUNK):
                     out.write(chunk)
+            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, dpath)
             tmp = None
         except Exception as e:

@@ -1,0 +1,646 @@
+"""Bulk generation (`ganaug generate`) and translation (`ganaug translate`) on Ray Data.
+
+The pipeline is one Ray Data row per *missing* shard, {index, start, stop}, mapped by an
+actor pool (`SamplerActor` / `TranslateActor`, each holding one `Sampler`). An actor makes
+the shard's rows, encodes them, builds the Arrow table and writes `part-NNNNN.parquet`
+atomically; it returns only {file, rows, sha256, counts}. The driver writes `_manifest.json`
+last. So:
+
+- Determinism: row i uses seed S+i; a shard's bytes depend only on its rows (the Sampler is
+  batch-invariant, one torch thread per actor, fixed Parquet settings), never on which actor
+  made it or how many there were.
+- Resume: a shard file exists only once complete (atomic write). A re-run verifies the
+  existing shards (Parquet footer + row count), makes only the missing ones, and ends with
+  the same bytes as an uninterrupted run.
+- No deadlock on small machines: actors take a fractional CPU (at most 1, and together at
+  most cluster CPUs - 1 where possible), so Ray Data's own tasks always find a CPU.
+
+Filters (`--filter NAME:ARG`) plug into `FILTERS`; see `register_filter`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ganaug import checkpoint, shards, storage
+from ganaug.errors import UserError
+from ganaug.labels import PlanContext, count_labels, parse_plan
+
+DEFAULT_ROWS_PER_SHARD = 1000
+DIE_AFTER_ENV = "GANAUG_TEST_DIE_AFTER_SHARDS"   # test hook: the driver exits hard after k shards
+_SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+class GenerationError(UserError):
+    pass
+
+
+# ============================================================================= filters
+#
+# A filter rejects candidate images; rejected rows are re-drawn from a deterministic stream,
+# so a filtered set is still a pure function of the arguments:
+#
+#   candidate j of row i uses seed S + i + j*N   (N = rows in the set; j = 0 is the plain seed)
+#
+# Row i keeps its first accepted candidate, and the `seed` column records that candidate's
+# seed, so the row can be re-made exactly (and served). After MAX_FILTER_TRIES rejections the
+# last candidate is kept and counted in the manifest (`filter.fallback_rows`).
+# A filter must judge each image on its own (batch-invariant), or determinism is lost.
+#
+# How `--filter fidelity:0.9` plugs in (evaluation owns it): a module listed in
+# FILTER_PLUGINS (e.g. ganaug/metrics/filters.py) calls at import time
+#
+#     register_filter("fidelity", build=lambda arg, sampler: FidelityFilter(float(arg), sampler),
+#                     check=check_fraction)
+#
+# `check(arg)` validates the argument on the driver before any work; once the output is known to
+# be writable and shards are missing, the driver calls `check(arg, meta, checkpoint_uri)` again
+# so the filter can prepare shared state (e.g. train and cache its classifier) before the
+# actors start. `build` runs once in every actor.
+
+class ImageFilter(Protocol):
+    def accept(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC images + int64 labels -> bool mask of the images to keep."""
+
+
+@dataclass(frozen=True)
+class FilterEntry:
+    name: str
+    build: Callable[[str, Any], ImageFilter]        # (argument, Sampler) -> filter, in each actor
+    check: Callable[..., None] | None = None        # check(arg[, meta, checkpoint_uri]) on the driver
+
+
+FILTERS: dict[str, FilterEntry] = {}
+FILTER_PLUGINS = ("ganaug.metrics.filters",)
+MAX_FILTER_TRIES = 8
+
+
+def register_filter(name: str, build: Callable[[str, Any], ImageFilter],
+                    check: Callable[..., None] | None = None) -> None:
+    FILTERS[name] = FilterEntry(name, build, check)
+
+
+def _load_filter_plugins() -> None:
+    import importlib
+
+    for mod in FILTER_PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plugin exists but one of its imports is missing: a real bug
+                raise
+
+
+def parse_filter(spec: str | None, *context: Any) -> tuple[FilterEntry, str] | None:
+    if not spec:
+        return None
+    _load_filter_plugins()
+    name, _, arg = spec.partition(":")
+    entry = FILTERS.get(name.strip())
+    if entry is None:
+        known = ", ".join(sorted(FILTERS)) or "none are registered yet"
+        raise GenerationError(f"--filter {spec}: unknown filter {name.strip()!r} (known: {known})")
+    if entry.check is not None:
+        entry.check(arg, *context)
+    return entry, arg
+
+
+def generate_rows(sampler, rows: np.ndarray, labels: np.ndarray, seed: int, truncation: float,
+                  total: int, image_filter: ImageFilter | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Images and their seeds for global rows `rows` (see the filter notes above).
+
+    Returns (uint8 NHWC images, int64 seeds, rows that kept an unaccepted last candidate).
+    """
+    cond = labels if sampler.conditional else None
+    seeds = (seed + rows).astype(np.int64)
+    images = sampler.generate(seeds.tolist(), cond, truncation)
+    if image_filter is None:
+        return images, seeds, 0
+    pending = np.arange(len(rows))
+    for j in range(MAX_FILTER_TRIES):
+        if j:
+            cand_seeds = seed + rows[pending] + j * total
+            cand = sampler.generate(cand_seeds.tolist(), None if cond is None else labels[pending], truncation)
+            images[pending], seeds[pending] = cand, cand_seeds
+        mask = np.asarray(image_filter.accept(images[pending], labels[pending]), dtype=bool)
+        pending = pending[~mask]
+        if not pending.size:
+            break
+    return images, seeds, int(pending.size)
+
+
+# ============================================================================= configs
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise GenerationError(msg)
+
+
+def _check_common(out: str, rows_per_shard: int, fmt: str, workers: int | None) -> None:
+    _check(bool(out and out.strip()), "--out is required: a folder path or s3://bucket/prefix")
+    _check(rows_per_shard >= 1, f"--rows-per-shard must be >= 1, got {rows_per_shard}")
+    shards.get_encoder(fmt)
+    _check(workers is None or workers >= 1, f"--workers must be >= 1, got {workers}")
+
+
+@dataclass
+class GenerateConfig:
+    """The arguments of `ganaug generate` (flags map 1:1)."""
+
+    checkpoint: str = ""
+    out: str = ""
+    num: int | None = None
+    labels: str | None = None          # None = uniform
+    truncation: float = 1.0
+    seed: int = 0
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    format: str = "png"
+    workers: int | None = None         # actors; None = one per cluster CPU (GPU with use_gpu)
+    use_gpu: bool = False
+    filter: str | None = None
+    overwrite: bool = False
+
+    def validate(self) -> GenerateConfig:
+        _check(bool(self.checkpoint), "--checkpoint is required: a checkpoint or run folder URI")
+        _check_common(self.out, self.rows_per_shard, self.format, self.workers)
+        _check(self.num is None or self.num >= 1, f"--num must be >= 1, got {self.num}")
+        _check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        _check(0.0 <= self.truncation <= 2.0, f"--truncation must be in [0, 2], got {self.truncation}")
+        return self
+
+
+@dataclass
+class TranslateConfig:
+    """The arguments of `ganaug translate`."""
+
+    checkpoint: str = ""
+    input: str = ""
+    out: str = ""
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    format: str = "png"
+    workers: int | None = None
+    use_gpu: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> TranslateConfig:
+        _check(bool(self.checkpoint), "--checkpoint is required: a translation checkpoint or run URI")
+        _check(bool(self.input), "--input is required: a dataset spec such as mnist:DIR or parquet:URI")
+        _check_common(self.out, self.rows_per_shard, self.format, self.workers)
+        return self
+
+
+# ============================================================================= actors
+
+@dataclass
+class ShardJob:
+    """What every actor needs; pickled once per actor."""
+
+    checkpoint_uri: str
+    checkpoint_id: str
+    out: str
+    fmt: str
+    total_rows: int
+    device: str = "cpu"
+    threads: int = 1
+    # generate
+    seed: int = 0
+    truncation: float = 1.0
+    filter: str | None = None
+    # translate: absolute rows of the dataset location
+    dataset_scheme: str = ""
+    dataset_location: str = ""
+    dataset_offset: int = 0
+    resolution: int = 0
+    channels: int = 0
+    class_names: list[str] = field(default_factory=list)
+
+
+class _ShardActor:
+    """Loads the Sampler once; each call makes, encodes and writes whole shards."""
+
+    def __init__(self, job: ShardJob):
+        import torch
+
+        from ganaug.sampling import Sampler
+
+        # One thread per actor: parallelism comes from actors, and a fixed thread count keeps
+        # CPU kernels' results independent of the actor count.
+        torch.set_num_threads(max(1, job.threads))
+        self.job = job
+        self.sampler = Sampler.from_checkpoint(job.checkpoint_uri, device=job.device)
+        if self.sampler.checkpoint_id != job.checkpoint_id:
+            raise GenerationError(f"checkpoint {job.checkpoint_uri} changed during the run "
+                                  f"(id {job.checkpoint_id} -> {self.sampler.checkpoint_id})")
+        self.encoder = shards.get_encoder(job.fmt)
+
+    def make_table(self, start: int, stop: int, row: dict):
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"index": [], "file": [], "rows": [], "sha256": [], "counts": [], "fallback": []}
+        for k in range(len(batch["index"])):
+            row = {key: batch[key][k] for key in batch}
+            index, start, stop = int(row["index"]), int(row["start"]), int(row["stop"])
+            table, fallback = self.make_table(start, stop, row)
+            data = shards.table_bytes(table)
+            name = shards.shard_name(index)
+            storage.write_bytes(storage.join(self.job.out, name), data)
+            labels = table.column("label").to_numpy()
+            out["index"].append(index)
+            out["file"].append(name)
+            out["rows"].append(table.num_rows)
+            out["sha256"].append(shards.sha256(data))
+            out["counts"].append(json.dumps(count_labels(labels)))
+            out["fallback"].append(fallback)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+class SamplerActor(_ShardActor):
+    """Generates rows start..stop of a noise model: seeds S+i, labels from the plan."""
+
+    def __init__(self, job: ShardJob):
+        super().__init__(job)
+        self.filter = None
+        if job.filter:
+            entry, arg = parse_filter(job.filter)
+            self.filter = entry.build(arg, self.sampler)
+
+    def make_table(self, start: int, stop: int, row: dict):
+        job = self.job
+        rows = np.arange(start, stop, dtype=np.int64)
+        labels = np.frombuffer(row["labels"], dtype=np.int64).copy()
+        images, seeds, fallback = generate_rows(self.sampler, rows, labels, job.seed, job.truncation,
+                                                job.total_rows, self.filter)
+        encoded = [self.encoder.encode_one(img) for img in images]
+        names = [self.sampler.class_name(int(lab)) for lab in labels]
+        table = shards.build_table(encoded, rows, labels, names, seeds, job.truncation, job.checkpoint_id,
+                                   self.encoder.ext)
+        return table, fallback
+
+
+class TranslateActor(_ShardActor):
+    """Translates rows start..stop of the input dataset (read here, not on the driver)."""
+
+    def make_table(self, start: int, stop: int, row: dict):
+        from ganaug.data import DatasetSpec, iter_dataset
+
+        job = self.job
+        spec = str(DatasetSpec(job.dataset_scheme, job.dataset_location,
+                               job.dataset_offset + start, job.dataset_offset + stop))
+        parts = list(iter_dataset(spec, batch_rows=max(1, stop - start), resolution=job.resolution,
+                                  channels=job.channels))
+        images = np.concatenate([p.images for p in parts]) if parts else np.zeros((0,))
+        if images.shape[0] != stop - start:
+            raise GenerationError(f"dataset {spec}: read {images.shape[0]} rows, expected {stop - start}")
+        labels = np.concatenate([p.labels for p in parts]).astype(np.int64)
+        sources = [s for p in parts for s in p.sources]
+        translated = self.sampler.translate(images)
+        encoded = [self.encoder.encode_one(img) for img in translated]
+        names = [job.class_names[lab] if 0 <= lab < len(job.class_names) else "" for lab in labels.tolist()]
+        # Translation draws no noise: seed -1, truncation 1.
+        table = shards.build_table(encoded, np.arange(start, stop), labels, names,
+                                   np.full(stop - start, -1, dtype=np.int64), 1.0, job.checkpoint_id,
+                                   self.encoder.ext, sources=sources)
+        return table, 0
+
+
+# ============================================================================= driver
+
+def shard_ranges(total: int, rows_per_shard: int) -> list[tuple[int, int, int]]:
+    return [(i, a, min(a + rows_per_shard, total)) for i, a in enumerate(range(0, total, rows_per_shard))]
+
+
+def _load_checkpoint(uri: str, want: str) -> tuple[str, dict, str]:
+    resolved = checkpoint.resolve_checkpoint(uri)
+    meta = checkpoint.load_meta(resolved)
+    kind = meta.get("kind")
+    if kind != want:
+        if want == "noise":
+            raise GenerationError(f"--checkpoint {uri}: {meta.get('family')} is an image-to-image (translation) "
+                                  "model, not a noise generator; use `ganaug translate`")
+        raise GenerationError(f"--checkpoint {uri}: {meta.get('family')} is a noise generator, not a "
+                              "translation model; use `ganaug generate`")
+    return resolved, meta, checkpoint.checkpoint_id(resolved, meta)
+
+
+def _probe_writable(out: str) -> None:
+    probe = storage.join(out, f".ganaug-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except UserError as e:
+        raise GenerationError(f"--out {out} is not writable: {e}") from None
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if len(keys) > 1 and "label_counts" in keys:  # implied by num/labels; long
+        keys.remove("label_counts")
+    parts = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in keys]
+    text = "; ".join(parts)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _prepare_out(out: str, arguments: dict, overwrite: bool) -> dict | None:
+    """Refuse to mix sets; returns the manifest when this exact set is already complete."""
+    names = storage.listdir(out)
+    fp = shards.fingerprint(arguments)
+    ours = [n for n in names if _SHARD_RE.match(n)]
+    if not overwrite:
+        if shards.MANIFEST in names:
+            man = storage.read_json(storage.join(out, shards.MANIFEST))
+            if man.get("fingerprint") == fp:
+                return man
+            raise GenerationError(f"--out {out} already holds a generated set made with different arguments "
+                                  f"({_diff(man.get('arguments', {}), arguments)}); choose another --out "
+                                  "or pass --overwrite")
+        if shards.INTENT in names:
+            intent = storage.read_json(storage.join(out, shards.INTENT))
+            if intent.get("fingerprint") != fp:
+                raise GenerationError(f"--out {out} holds an unfinished set made with different arguments "
+                                      f"({_diff(intent.get('arguments', {}), arguments)}); re-run that command "
+                                      "to finish it, choose another --out, or pass --overwrite")
+        elif ours:
+            raise GenerationError(f"--out {out} already holds {len(ours)} Parquet shards of unknown origin; "
+                                  "choose another --out or pass --overwrite")
+        return None
+    # --overwrite: the marker goes first so the folder is never a complete-looking mix.
+    for name in [shards.MANIFEST, shards.INTENT] + ours:
+        if name in names:
+            storage.delete(storage.join(out, name))
+    return None
+
+
+def _verify_existing(out: str, ranges: list[tuple[int, int, int]]) -> dict[int, dict]:
+    """Shards already written by an earlier (interrupted) run of the same command."""
+    import pyarrow.parquet as pq
+
+    names = set(storage.listdir(out))
+    if not storage.is_s3(out):  # stale temporaries of a killed local write
+        for n in names:
+            if n.startswith(".part-") and n.endswith(".tmp"):
+                storage.delete(storage.join(out, n))
+    todo = [(i, a, b) for i, a, b in ranges if shards.shard_name(i) in names]
+
+    def check(item):
+        i, a, b = item
+        name = shards.shard_name(i)
+        data = storage.read_bytes(storage.join(out, name))
+        if shards.check_shard_bytes(data, b - a) is not None:
+            return None  # incomplete or foreign: make it again
+        labels = pq.read_table(io.BytesIO(data), columns=["label"]).column("label").to_numpy()
+        # (filter fallbacks of reused shards are not recorded in them: counted as 0)
+        return {"index": i, "file": name, "rows": b - a, "sha256": shards.sha256(data),
+                "counts": count_labels(labels), "fallback": 0}
+
+    found: dict[int, dict] = {}
+    if todo:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for info in pool.map(check, todo):
+                if info is not None:
+                    found[info["index"]] = info
+    return found
+
+
+class _Progress:
+    """One progress line on stderr (rewritten in place on a terminal), throttled to 1/s."""
+
+    def __init__(self, what: str, total_rows: int, done_rows: int, enabled: bool):
+        self.what, self.total, self.done, self.enabled = what, total_rows, done_rows, enabled
+        self.start = time.time()
+        self.new = 0
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def update(self, rows: int, force: bool = False) -> None:
+        self.done += rows
+        self.new += rows
+        now = time.time()
+        if not self.enabled or (now - self.last < 1.0 and not force):
+            return
+        self.last = now
+        rate = self.new / max(now - self.start, 1e-9)
+        line = f"{self.what}: {self.done}/{self.total} rows ({100 * self.done / max(self.total, 1):.0f}%), " \
+               f"{rate:.0f} images/s"
+        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(0, force=True)
+            if self.tty:
+                sys.stderr.write("\n")
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError an actor raised, out of Ray's wrappers (RayTaskError keeps it as .cause)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):
+            return cause
+        if isinstance(e, UserError) and type(e).__module__.startswith("ganaug"):
+            return e
+        todo += [cause, e.__cause__, e.__context__]
+    return None
+
+
+def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for the connected cluster."""
+    from ganaug.raycluster import cluster_cpus, cluster_gpus
+
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    if use_gpu and gpus <= 0:
+        raise GenerationError("--use-gpu: the Ray cluster has no GPU")
+    default = max(1, int(gpus)) if use_gpu else max(1, int(cpus))
+    n = max(1, min(workers or default, n_missing))
+    # Fractional CPUs: the pool never holds every CPU, so Ray Data's other tasks always find
+    # one (DESIGN §3: a pool holding every CPU starves them and the job hangs). Torch runs
+    # one thread per actor whatever this logical share is.
+    budget = max(cpus - 1.0, cpus / 2)
+    cpu = round(max(0.01, min(1.0, budget / n)), 3)
+    gpu = round(min(1.0, gpus / n), 3) if use_gpu else 0.0
+    return n, cpu, gpu
+
+
+def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: int | None,
+                  use_gpu: bool) -> Iterator[dict]:
+    from ganaug.raycluster import ensure_ray
+
+    ray = ensure_ray()
+    from ray.data import ActorPoolStrategy, DataContext
+
+    n, cpu, gpu = _actor_resources(workers, len(items), use_gpu)
+    ctx = DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order)
+    ctx.enable_progress_bars = False   # our own single progress line instead
+    ctx.execution_options.preserve_order = True
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        remote: dict[str, Any] = {"num_cpus": cpu}
+        if gpu:
+            remote["num_gpus"] = gpu
+        ds = ds.map_batches(actor_cls, fn_constructor_kwargs={"job": job}, batch_size=1, batch_format="numpy",
+                            compute=ActorPoolStrategy(min_size=n, max_size=n), **remote)
+        for row in ds.iter_rows():
+            yield {"index": int(row["index"]), "file": str(row["file"]), "rows": int(row["rows"]),
+                   "sha256": str(row["sha256"]),
+                   "counts": {int(k): v for k, v in json.loads(str(row["counts"])).items()},
+                   "fallback": int(row["fallback"])}
+    except Exception as e:
+        ue = _user_error_in(e)
+        if ue is not None:
+            raise GenerationError(str(ue).strip().splitlines()[0]) from None
+        raise
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
+
+
+def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, arguments: dict, run_info: dict,
+                 job: ShardJob, actor_cls: type, row_extra: Callable[[int, int], dict], workers: int | None,
+                 use_gpu: bool, overwrite: bool, class_names: list[str], translated: bool,
+                 manifest_extra: dict, t0: float, progress: bool,
+                 before_pipeline: Callable[[], None] | None = None) -> dict:
+    _probe_writable(out)
+    done = _prepare_out(out, arguments, overwrite)
+    if done is not None:
+        return _summary(out, done, generated=0, reused=len(done["files"]), t0=t0, pipeline_s=0.0)
+    storage.write_json(storage.join(out, shards.INTENT),
+                       {"fingerprint": shards.fingerprint(arguments), "arguments": arguments})
+    ranges = shard_ranges(total, rows_per_shard)
+    results = _verify_existing(out, ranges)
+    missing = [(i, a, b) for i, a, b in ranges if i not in results]
+    reused = len(results)
+    if missing:
+        from ganaug.raycluster import ensure_ray
+
+        if before_pipeline is not None:
+            before_pipeline()
+        ensure_ray()  # before the clock starts: images/s measures the pipeline, not Ray's startup
+    bar = _Progress(what, total, sum(r["rows"] for r in results.values()), progress)
+    t1 = time.time()
+    if missing:
+        if reused and progress:
+            sys.stderr.write(f"{what}: resuming, {reused} of {len(ranges)} shards already complete\n")
+        die_after = int(os.environ.get(DIE_AFTER_ENV, "0") or 0)
+        items = [{"index": i, "start": a, "stop": b, **row_extra(a, b)} for i, a, b in missing]
+        for made, info in enumerate(_run_pipeline(actor_cls, job, items, workers, use_gpu), start=1):
+            results[info["index"]] = info
+            bar.update(info["rows"])
+            if die_after and made >= die_after:  # test hook: simulate a crash mid-run
+                sys.stderr.flush()
+                os._exit(3)
+    bar.close()
+    pipeline_s = time.time() - t1
+    files = [{"name": results[i]["file"], "rows": results[i]["rows"], "sha256": results[i]["sha256"],
+              "first_row": a} for i, a, _ in ranges]
+    counts: dict[int, int] = {}
+    for r in results.values():
+        for k, v in r["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    extra = dict(manifest_extra)
+    fallback = sum(r["fallback"] for r in results.values())
+    if arguments.get("filter"):
+        extra["filter"] = {"spec": arguments["filter"], "max_tries": MAX_FILTER_TRIES, "fallback_rows": fallback}
+    extra["run"] = run_info
+    manifest = shards.build_manifest(rows=total, counts=counts, files=files, checkpoint_uri=job.checkpoint_uri,
+                                     checkpoint_id=job.checkpoint_id, arguments=arguments,
+                                     class_names=class_names, fmt=job.fmt, translated=translated, extra=extra)
+    shards.write_manifest(out, manifest)  # the marker: last
+    storage.delete(storage.join(out, shards.INTENT))
+    return _summary(out, manifest, generated=sum(b - a for i, a, b in missing), reused=reused, t0=t0,
+                    pipeline_s=pipeline_s)
+
+
+def _summary(out: str, manifest: dict, *, generated: int, reused: int, t0: float, pipeline_s: float) -> dict:
+    seconds = time.time() - t0
+    return {
+        "out": out,
+        "manifest": storage.join(out, shards.MANIFEST),
+        "rows": manifest["rows"],
+        "shards": len(manifest["files"]),
+        "counts": manifest["counts"],
+        "generated_rows": generated,
+        "reused_shards": reused,
+        "generator": manifest["checkpoint"]["id"],
+        "seconds": round(seconds, 3),
+        "pipeline_seconds": round(pipeline_s, 3),
+        "images_per_s": round(generated / pipeline_s, 1) if pipeline_s > 0 else 0.0,
+    }
+
+
+def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict:
+    """Generate a set; every input error is raised before Ray starts. Returns the summary."""
+    t0 = time.time()
+    cfg.validate()
+    ckpt_uri, meta, ckpt_id = _load_checkpoint(cfg.checkpoint, "noise")
+    class_names = list(meta.get("class_names", []))
+    num_classes = int(meta.get("num_classes", 0))
+    plan = parse_plan(cfg.labels, PlanContext(cfg.num, num_classes, class_names))
+    parse_filter(cfg.filter)
+    arguments = {
+        "task": "generate", "checkpoint_id": ckpt_id, "num": plan.total, "labels": plan.spec,
+        "label_counts": {str(k): v for k, v in plan.counts().items()}, "truncation": cfg.truncation,
+        "seed": cfg.seed, "rows_per_shard": cfg.rows_per_shard, "format": cfg.format, "filter": cfg.filter,
+    }
+    job = ShardJob(checkpoint_uri=ckpt_uri, checkpoint_id=ckpt_id, out=cfg.out, fmt=cfg.format,
+                   total_rows=plan.total, device="cuda" if cfg.use_gpu else "cpu", seed=cfg.seed,
+                   truncation=cfg.truncation, filter=cfg.filter)
+    extra = {"label_plan": plan.info} if plan.info else {}
+    return _run_sharded(what="generate", out=cfg.out, total=plan.total, rows_per_shard=cfg.rows_per_shard,
+                        arguments=arguments, run_info={"checkpoint": cfg.checkpoint, "workers": cfg.workers,
+                                                       "use_gpu": cfg.use_gpu},
+                        job=job, actor_cls=SamplerActor,
+                        row_extra=lambda a, b: {"labels": plan.labels(a, b).tobytes()},
+                        workers=cfg.workers, use_gpu=cfg.use_gpu, overwrite=cfg.overwrite,
+                        class_names=class_names, translated=False, manifest_extra=extra, t0=t0, progress=progress,
+                        before_pipeline=lambda: parse_filter(cfg.filter, meta, ckpt_uri))
+
+
+def run_translate(cfg: TranslateConfig, progress: bool = True) -> dict:
+    """Translate a dataset with a pix2pix/cyclegan checkpoint into a generated set."""
+    from ganaug.data import open_reader
+
+    t0 = time.time()
+    cfg.validate()
+    ckpt_uri, meta, ckpt_id = _load_checkpoint(cfg.checkpoint, "translation")
+    parsed, reader = open_reader(cfg.input)
+    try:
+        start, stop = parsed.bounds(reader.num_rows())
+        class_names = list(reader.class_names())
+    except storage.StorageError as e:
+        raise GenerationError(f"--input {cfg.input}: {e}") from None
+    total = stop - start
+    _check(total > 0, f"--input {cfg.input}: the dataset has no rows")
+    arguments = {"task": "translate", "checkpoint_id": ckpt_id, "input": cfg.input, "num": total,
+                 "rows_per_shard": cfg.rows_per_shard, "format": cfg.format}
+    job = ShardJob(checkpoint_uri=ckpt_uri, checkpoint_id=ckpt_id, out=cfg.out, fmt=cfg.format, total_rows=total,
+                   device="cuda" if cfg.use_gpu else "cpu", dataset_scheme=parsed.scheme,
+                   dataset_location=parsed.location, dataset_offset=start, resolution=int(meta["resolution"]),
+                   channels=int(meta["channels"]), class_names=class_names)
+    return _run_sharded(what="translate", out=cfg.out, total=total, rows_per_shard=cfg.rows_per_shard,
+                        arguments=arguments, run_info={"checkpoint": cfg.checkpoint, "workers": cfg.workers,
+                                                       "use_gpu": cfg.use_gpu},
+                        job=job, actor_cls=TranslateActor, row_extra=lambda a, b: {},
+                        workers=cfg.workers, use_gpu=cfg.use_gpu, overwrite=cfg.overwrite,
+                        class_names=class_names, translated=True, manifest_extra={}, t0=t0, progress=progress)
+
+
+def config_dict(cfg: GenerateConfig | TranslateConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,11 @@
+"""Ray job entrypoint: `python -m jobs.translate --checkpoint URI --input DATASET --out URI [...]`.
+
+Same flags as `ganaug translate`; connects to RAY_ADDRESS when set (e.g. under `ray job submit`).
+"""
+
+import sys
+
+from ganaug.cli import main
+
+if __name__ == "__main__":
+    main(["translate", *sys.argv[1:]])

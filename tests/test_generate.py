@@ -1,0 +1,398 @@
+"""Bulk generation and translation on Ray Data (real Ray, real S3 endpoint, tiny 16x16 models).
+
+One reference set (2,000 rows, 4 shards) is generated once per module; the other runs are
+compared with it byte for byte: to S3, with another actor count, killed and resumed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from ganaug import checkpoint, shards, storage
+from ganaug.cli import main
+from ganaug.config import ModelConfig
+from ganaug.errors import UserError
+from ganaug.generation import (
+    DIE_AFTER_ENV,
+    GenerateConfig,
+    run_generate,
+)
+from ganaug.labels import (
+    LabelPlanError,
+    PlanContext,
+    balance_counts,
+    interleave,
+    parse_plan,
+)
+from ganaug.models.registry import DataInfo, get_family
+
+REPO = Path(__file__).resolve().parents[1]
+N, R = 2000, 500
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models on small shared machines: more torch threads only add contention.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _save_tiny(folder: Path, family: str, num_classes: int) -> str:
+    fam = get_family(family)
+    names = CLASSES[:num_classes]
+    kwargs = fam.generator_kwargs(ModelConfig(family=family, width=8, z_dim=16, max_width=32),
+                                  DataInfo(16, 1, num_classes, names))
+    torch.manual_seed(0)
+    G = fam.build_generator(kwargs)
+    meta = {"family": family, "kind": fam.kind, "generator_kwargs": kwargs, "resolution": 16, "channels": 1,
+            "num_classes": num_classes, "class_names": names}
+    return checkpoint.save_checkpoint(str(folder / family), meta=meta, generator_ema=G)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, s3):
+    # s3 first: Ray (started later by ray_session) must inherit the AWS variables.
+    root = tmp_path_factory.mktemp("ckpts")
+    return {"cgan": _save_tiny(root, "cgan", 10), "dcgan": _save_tiny(root, "dcgan", 0),
+            "pix2pix": _save_tiny(root, "pix2pix", 0)}
+
+
+def _shas(manifest: dict) -> list[str]:
+    return [f["sha256"] for f in manifest["files"]]
+
+
+def _cli_json(capsys, argv: list[str]) -> dict:
+    main(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def reference(ckpts, tmp_path_factory, ray_session):
+    """The uninterrupted 2,000-row set (2 actors), made through the CLI."""
+    out = str(tmp_path_factory.mktemp("ref") / "set")
+    t = time.time()
+    args = ["generate", "--checkpoint", ckpts["cgan"], "--num", str(N), "--out", out,
+            "--rows-per-shard", str(R), "--seed", "7", "--workers", "2"]
+    main(args)
+    print(f"reference set: {time.time() - t:.1f}s")
+    return out, args
+
+
+# ----------------------------------------------------------------------------- no Ray
+
+def test_label_plans():
+    ctx = PlanContext(num=25, num_classes=10)
+    assert parse_plan(None, ctx).labels().tolist() == [i % 10 for i in range(25)]
+    assert parse_plan("0,3,7", ctx).labels()[:7].tolist() == [0, 3, 7, 0, 3, 7, 0]
+    plan = parse_plan("counts:0=500,3=200", PlanContext(num=None, num_classes=10))
+    assert plan.total == 700 and plan.counts() == {0: 500, 3: 200}
+    head = plan.labels(0, 70)  # interleaved, not 500 zeros then 200 threes
+    assert 15 <= int((head == 3).sum()) <= 25
+    assert parse_plan(None, PlanContext(num=4, num_classes=0)).labels().tolist() == [-1] * 4
+    assert interleave({1: 2, 2: 1}).tolist() == [1, 2, 1]
+    # balance: deficit to the largest class, or --num split so totals are as even as possible
+    assert balance_counts({0: 10, 1: 4, 2: 7}, 3, None) == {0: 0, 1: 6, 2: 3}
+    assert balance_counts({0: 10, 1: 4, 2: 7}, 3, 5) == {0: 0, 1: 4, 2: 1}
+    add = balance_counts({0: 10, 1: 4, 2: 7}, 3, 20)
+    final = [h + add[c] for c, h in enumerate((10, 4, 7))]
+    assert sum(add.values()) == 20 and max(final) - min(final) <= 1
+    for spec, num, classes, match in [
+        ("0,12", 5, 10, "unknown label 12"),
+        ("counts:0=5,1=-2", None, 10, "negative count -2"),
+        ("counts:0=5,1=2", 9, 10, "does not match"),
+        ("zipf:3", 5, 10, "unknown plan"),
+        ("0,1", 5, 0, "unconditional"),
+        ("uniform", None, 10, "needs --num"),
+    ]:
+        with pytest.raises(LabelPlanError, match=match):
+            parse_plan(spec, PlanContext(num=num, num_classes=classes))
+
+
+def test_encoders_and_table_bytes_are_deterministic():
+    img = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16, 1)
+    for fmt in shards.ENCODERS:
+        assert shards.encode_images(img[None], fmt) == shards.encode_images(img[None], fmt)
+    assert np.array_equal(shards.decode_npy(shards.encode_images(img[None], "npy")[0]), img)
+    assert Image.open(io.BytesIO(shards.encode_images(img[None], "jpeg")[0])).format == "JPEG"
+    enc = shards.encode_images(np.stack([img, img]), "png")
+    t = shards.build_table(enc, [0, 1], np.array([0, 1]), ["a", "b"], np.array([5, 6]), 0.7, "gid", "png")
+    a = shards.table_bytes(t)
+    time.sleep(1.1)  # no timestamps in the bytes
+    assert shards.table_bytes(t) == a
+
+
+def test_actor_pool_never_holds_every_cpu(monkeypatch):
+    from ganaug import generation, raycluster
+
+    for cpus, workers, shards_left in [(2, None, 40), (2, 8, 40), (1, None, 5), (4, 2, 40), (16, None, 3)]:
+        monkeypatch.setattr(raycluster, "cluster_cpus", lambda c=cpus: float(c))
+        monkeypatch.setattr(raycluster, "cluster_gpus", lambda: 0.0)
+        n, cpu, gpu = generation._actor_resources(workers, shards_left, use_gpu=False)
+        assert n == min(workers or cpus, shards_left) and gpu == 0
+        assert 0 < cpu <= 1 and n * cpu < cpus, (cpus, workers, n, cpu)
+    with pytest.raises(UserError, match="no GPU"):
+        generation._actor_resources(None, 4, use_gpu=True)
+
+
+def test_filter_hook_overgenerates_deterministically(ckpts, monkeypatch):
+    from ganaug import generation
+    from ganaug.sampling import Sampler
+
+    class Bright:  # accepts images brighter than a threshold: judged per image
+        def accept(self, images, labels):
+            return images.reshape(len(images), -1).mean(1) > 240.0  # about half of this model's images
+
+    generation._load_filter_plugins()  # plugins register into the real registry, not the copy
+    monkeypatch.setattr(generation, "FILTERS", dict(generation.FILTERS))
+    generation.register_filter("bright", build=lambda arg, sampler: Bright())
+    entry, arg = generation.parse_filter("bright:1")
+    sampler = Sampler.from_checkpoint(ckpts["cgan"], device="cpu")
+    rows, labels = np.arange(40), np.arange(40) % 10
+    whole = generation.generate_rows(sampler, rows, labels, 5, 1.0, 40, entry.build(arg, sampler))
+    halves = [generation.generate_rows(sampler, rows[a:b], labels[a:b], 5, 1.0, 40, entry.build(arg, sampler))
+              for a, b in ((0, 17), (17, 40))]
+    assert np.array_equal(whole[0], np.concatenate([h[0] for h in halves]))
+    assert np.array_equal(whole[1], np.concatenate([h[1] for h in halves]))
+    seeds = whole[1]
+    assert ((seeds - 5 - rows) % 40 == 0).all()  # candidate j of row i: seed S + i + j*N
+    kept = seeds != 5 + rows
+    assert kept.any() and whole[2] < kept.sum()  # some rows were re-drawn, most then accepted
+    ok = Bright().accept(whole[0], labels)
+    assert int((~ok).sum()) == whole[2]          # only fallbacks (all tries rejected) fail the filter
+    i = int(np.flatnonzero(kept & ok)[0])        # a re-drawn row is the Sampler's image for its seed
+    assert np.array_equal(sampler.generate([int(seeds[i])], [int(labels[i])])[0], whole[0][i])
+
+
+def _run_cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_errors_before_work(ckpts, tmp_path, capsys):
+    ok = ["--checkpoint", ckpts["cgan"], "--out", str(tmp_path / "o")]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [
+        (["generate", *ok, "--num", "10", "--labels", "0,42"], "unknown label 42"),
+        (["generate", *ok, "--labels", "counts:1=5,2=-1"], "negative count"),
+        (["generate", *ok, "--num", "-3"], "--num must be >= 1"),
+        (["generate", *ok, "--num", "10", "--format", "gif"], "--format gif"),
+        (["generate", *ok, "--num", "10", "--filter", "sharpness:0.9"], "unknown filter 'sharpness'"),
+        (["generate", "--checkpoint", ckpts["cgan"], "--num", "10", "--out", str(blocker / "sub")], "not writable"),
+        (["generate", "--checkpoint", ckpts["pix2pix"], "--num", "10", "--out", str(tmp_path / "o")],
+         "not a noise generator"),
+        (["generate", "--checkpoint", ckpts["dcgan"], "--num", "10", "--labels", "3", "--out", str(tmp_path / "o")],
+         "unconditional"),
+        (["generate", "--checkpoint", str(tmp_path / "nope"), "--num", "10", "--out", str(tmp_path / "o")],
+         "checkpoint not found"),
+        (["translate", *ok, "--input", "builtin:digits"], "not a translation model"),
+        (["translate", "--checkpoint", ckpts["pix2pix"], "--out", str(tmp_path / "o"), "--input", "bogus:x"],
+         "unknown dataset scheme"),
+    ]
+    for argv, match in cases:
+        t = time.time()
+        line = _run_cli_error(capsys, argv)
+        assert match in line, (argv, line)
+        assert time.time() - t < 20
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("part-*"))
+
+
+# ----------------------------------------------------------------------------- Ray Data
+
+@pytest.mark.timeout(300)
+def test_generate_local_schema_manifest_and_readers(reference, ckpts, capsys):
+    out, args = reference
+    names = sorted(os.listdir(out))
+    assert names == ["_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(N // R)]
+    man = json.loads(Path(out, "_manifest.json").read_text())
+    assert man["rows"] == N and man["schema_version"] == shards.SCHEMA_VERSION
+    assert man["counts"] == {str(c): N // 10 for c in range(10)}
+    assert man["checkpoint"]["id"] == checkpoint.checkpoint_id(ckpts["cgan"])
+    assert man["arguments"]["seed"] == 7 and man["created"]
+    for f in man["files"]:
+        data = Path(out, f["name"]).read_bytes()
+        assert shards.sha256(data) == f["sha256"] and f["rows"] == R
+
+    table = pq.read_table(out)
+    assert table.schema.names == ["image", "label", "class_name", "seed", "truncation", "generator"]
+    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    assert table.schema.field("truncation").type == pa.float32()
+    rows = table.slice(40, 3).to_pylist()
+    assert [r["seed"] for r in rows] == [47, 48, 49]
+    assert [r["image"]["path"] for r in rows] == ["00000040.png", "00000041.png", "00000042.png"]
+    assert [r["label"] for r in rows] == [0, 1, 2] and rows[0]["class_name"] == "c0"
+    im = Image.open(io.BytesIO(rows[0]["image"]["bytes"]))
+    assert im.format == "PNG" and im.size == (16, 16)
+
+    # Row i equals the Sampler's image for seed S+i (what serving returns).
+    from ganaug.sampling import Sampler
+
+    want = Sampler.from_checkpoint(ckpts["cgan"], device="cpu").generate([47], [0])[0]
+    assert np.array_equal(np.asarray(im)[..., None], want)
+
+    import pandas as pd
+    import ray
+
+    df = pd.read_parquet(out)
+    assert len(df) == N and df["label"].value_counts().to_dict() == {c: N // 10 for c in range(10)}
+    ds = ray.data.read_parquet(out)
+    assert ds.count() == N and set(ds.schema().names) >= {"image", "label", "seed"}
+    from ganaug.data import load_dataset
+
+    loaded = load_dataset(f"parquet:{out}[0:100]")
+    assert loaded.images.shape == (100, 16, 16, 1) and loaded.labels[:3].tolist() == [0, 1, 2]
+
+    # The same command again: already complete, nothing regenerated; JSON last line.
+    summary = _cli_json(capsys, args)
+    assert summary["generated_rows"] == 0 and summary["rows"] == N and summary["reused_shards"] == N // R
+    # Different arguments into the same folder: refused with one line.
+    line = _run_cli_error(capsys, [a if a != "7" else "8" for a in args])
+    assert "different arguments" in line and "seed" in line
+
+
+@pytest.mark.timeout(300)
+def test_generate_s3_and_other_actor_count_identical(reference, ckpts, s3, ray_session, tmp_path, capsys):
+    out, args = reference
+    ref = json.loads(Path(out, "_manifest.json").read_text())
+    s3_out = s3.new_prefix("gen")
+    summary = _cli_json(capsys, [a if a != out else s3_out for a in args])
+    assert summary["rows"] == N and summary["shards"] == N // R and summary["images_per_s"] > 0
+    assert summary["counts"] == ref["counts"]
+    man = storage.read_json(storage.join(s3_out, "_manifest.json"))
+    assert _shas(man) == _shas(ref)
+    keys = [o["Key"].split("/", 1)[1] for o in s3.client().list_objects_v2(
+        Bucket=s3.bucket, Prefix=s3_out.split("/", 3)[3])["Contents"]]
+    # ('' is the folder marker pyarrow leaves when a file in a "folder" is deleted)
+    assert sorted(k for k in keys if k) == ["_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(N // R)]
+    from ganaug.data import load_dataset
+
+    loaded = load_dataset(f"parquet:{s3_out}[1995:2000]")
+    assert loaded.labels.tolist() == [5, 6, 7, 8, 9]
+
+    # One actor instead of two: the same bytes.
+    one = run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(tmp_path / "one"), num=N,
+                                      rows_per_shard=R, seed=7, workers=1), progress=False)
+    assert one["rows"] == N
+    assert _shas(json.loads((tmp_path / "one" / "_manifest.json").read_text())) == _shas(ref)
+
+
+@pytest.mark.timeout(300)
+def test_kill_and_resume_is_identical(reference, ckpts, ray_session, tmp_path):
+    out, args = reference
+    ref = json.loads(Path(out, "_manifest.json").read_text())
+    killed = tmp_path / "killed"
+    argv = [a if a != out else str(killed) for a in args]
+    argv[argv.index("--workers") + 1] = "1"
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, **{DIE_AFTER_ENV: "1"})
+    proc = subprocess.run([sys.executable, "-m", "jobs.generate", *argv[1:]], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    present = sorted(p.name for p in killed.glob("part-*.parquet"))
+    assert 1 <= len(present) < N // R and not (killed / "_manifest.json").exists()
+    # An incomplete set is refused by readers and `ganaug info`.
+    from ganaug.inspect import describe
+
+    with pytest.raises(UserError, match="incomplete"):
+        describe(str(killed))
+    # A torn file where a missing shard goes (e.g. a foreign writer): must be regenerated.
+    missing = [f"part-{i:05d}.parquet" for i in range(N // R) if f"part-{i:05d}.parquet" not in present]
+    (killed / missing[-1]).write_bytes(b"PAR1 not really")
+    before = {n: (killed / n).stat().st_mtime_ns for n in present}
+
+    summary = run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(killed), num=N, rows_per_shard=R,
+                                          seed=7, workers=1), progress=False)
+    assert summary["reused_shards"] == len(present)
+    assert summary["generated_rows"] == N - R * len(present)
+    assert {n: (killed / n).stat().st_mtime_ns for n in present} == before  # not rewritten
+    man = json.loads((killed / "_manifest.json").read_text())
+    assert _shas(man) == _shas(ref) and man["counts"] == ref["counts"]
+    assert not list(killed.glob(".*"))  # no temporaries, no intent file left behind
+    assert not (killed / shards.INTENT).exists()
+
+
+def _skewed_parquet(folder: Path) -> tuple[str, dict[int, int]]:
+    hist = {0: 30, 1: 12, 2: 5, 3: 0, 4: 30, 5: 1, 6: 29, 7: 30, 8: 2, 9: 20}
+    labels = np.array([c for c, n in hist.items() for _ in range(n)], dtype=np.int64)
+    img = np.zeros((16, 16, 1), np.uint8)
+    enc = shards.encode_images(np.repeat(img[None], len(labels), 0), "png")
+    t = shards.build_table(enc, range(len(labels)), labels, [CLASSES[i] for i in labels],
+                           np.zeros(len(labels)), 1.0, "real", "png")
+    folder.mkdir()
+    pq.write_table(t, folder / "skewed.parquet")
+    return f"parquet:{folder / 'skewed.parquet'}", hist
+
+
+@pytest.mark.timeout(300)
+def test_balance_plan_fills_the_deficit(ckpts, ray_session, tmp_path):
+    spec, hist = _skewed_parquet(tmp_path / "real")
+    out = tmp_path / "balanced"
+    summary = run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(out), labels=f"balance:{spec}",
+                                          rows_per_shard=64, workers=1, format="jpeg"), progress=False)
+    deficit = {c: 30 - n for c, n in hist.items() if 30 - n}
+    assert summary["rows"] == sum(deficit.values())
+    assert summary["counts"] == {str(c): n for c, n in deficit.items()}
+    man = json.loads((out / "_manifest.json").read_text())
+    assert man["label_plan"]["added"] == {str(c): n for c, n in deficit.items()}
+    t = pq.read_table(out)
+    final = {c: hist[c] + int((t.column("label").to_numpy() == c).sum()) for c in hist}
+    assert set(final.values()) == {30}
+    first = t.column("image")[0].as_py()
+    assert first["path"].endswith(".jpg") and Image.open(io.BytesIO(first["bytes"])).format == "JPEG"
+
+
+@pytest.mark.timeout(300)
+def test_unconditional_npy(ckpts, ray_session, tmp_path):
+    out = tmp_path / "dc"
+    summary = run_generate(GenerateConfig(checkpoint=ckpts["dcgan"], out=str(out), num=50, rows_per_shard=32,
+                                          format="npy", seed=3, workers=1), progress=False)
+    assert summary["counts"] == {"-1": 50} and summary["shards"] == 2
+    t = pq.read_table(out)
+    assert set(t.column("label").to_pylist()) == {-1} and set(t.column("class_name").to_pylist()) == {""}
+    arr = shards.decode_npy(t.column("image")[0].as_py()["bytes"])
+    from ganaug.sampling import Sampler
+
+    assert np.array_equal(arr, Sampler.from_checkpoint(ckpts["dcgan"], device="cpu").generate([3])[0])
+
+
+@pytest.mark.timeout(300)
+def test_translate_pix2pix(ckpts, ray_session, tmp_path, capsys):
+    out = tmp_path / "tr"
+    summary = _cli_json(capsys, ["translate", "--checkpoint", ckpts["pix2pix"], "--input", "builtin:digits[100:400]",
+                                 "--out", str(out), "--rows-per-shard", "128", "--workers", "1"])
+    assert summary["rows"] == 300 and summary["shards"] == 3
+    t = pq.read_table(out)
+    assert t.schema.names[-1] == "source" and t.num_rows == 300
+    from ganaug.data import load_dataset
+    from ganaug.sampling import Sampler
+
+    real = load_dataset("builtin:digits[100:400]", resolution=16, channels=1)
+    assert t.column("label").to_pylist() == real.labels.tolist()
+    assert t.column("source").to_pylist() == real.sources
+    want = Sampler.from_checkpoint(ckpts["pix2pix"], device="cpu").translate(real.images[:2])
+    got = np.asarray(Image.open(io.BytesIO(t.column("image")[1].as_py()["bytes"])))
+    assert np.array_equal(got[..., None], want[1])
+    assert json.loads((out / "_manifest.json").read_text())["columns"][-1] == "source"
+    import ray
+
+    assert ray.data.read_parquet(str(out)).count() == 300
