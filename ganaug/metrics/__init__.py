@@ -97,6 +97,12 @@ class EvalContext:
     synthetic: Arrays
     class_names: list[str]
     options: EvalOptions = field(default_factory=EvalOptions)
+    # Optional: features of the WHOLE synthetic set with their labels (e.g. from the Ray Data
+    # path), when ``synthetic`` holds only a subsample of its images. Feature-space metrics
+    # then use every row; image-level ones (fidelity, CAS, gain, pixel copies) the subsample.
+    synthetic_features: tuple[np.ndarray, np.ndarray] | None = None
+    # Optional: {k: synthetic pool} from GANs trained on the k-shot subsets (the gain arms).
+    gain_pools: dict[int, Arrays] | None = None
     _domain: DomainFeatures | None = None
     _extractor: FeatureExtractor | None = None
     _features: dict[str, np.ndarray] = field(default_factory=dict)
@@ -125,12 +131,16 @@ class EvalContext:
 
     def features(self, which: str) -> np.ndarray:
         """Features of 'train', 'heldout' or 'synthetic', computed once."""
+        if which == "synthetic" and self.synthetic_features is not None:
+            return self.synthetic_features[0]
         if which not in self._features:
             images = {"train": self.real_train, "heldout": self.real_heldout, "synthetic": self.synthetic}[which][0]
             self._features[which] = self.extractor()(images)
         return self._features[which]
 
     def labels(self, which: str) -> np.ndarray:
+        if which == "synthetic" and self.synthetic_features is not None:
+            return self.synthetic_features[1]
         return {"train": self.real_train, "heldout": self.real_heldout, "synthetic": self.synthetic}[which][1]
 
     def matched(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -138,9 +148,10 @@ class EvalContext:
 
         FID and the k-NN measures drift with sample size, so the reference must use as many points as the value.
         """
-        n = min(len(self.synthetic[0]), len(self.real_train[0]), self.options.max_samples)
+        n_syn = len(self.labels("synthetic"))
+        n = min(n_syn, len(self.real_train[0]), self.options.max_samples)
         rng = np.random.default_rng(0)
-        si = np.sort(rng.choice(len(self.synthetic[0]), n, replace=False))
+        si = np.sort(rng.choice(n_syn, n, replace=False))
         ti = np.sort(rng.choice(len(self.real_train[0]), n, replace=False))
         return self.features("synthetic")[si], self.labels("synthetic")[si], self.features("train")[ti], self.labels("train")[ti]
 
@@ -266,7 +277,7 @@ def _cas(ctx: EvalContext) -> CASReport:
 def _gain(ctx: EvalContext) -> GainResult:
     o = ctx.options
     return augmentation_gain(
-        ctx.real_train, ctx.real_heldout, ctx.synthetic, ctx.class_names, ks=o.ks, seeds=o.seeds,
+        ctx.real_train, ctx.real_heldout, ctx.gain_pools or ctx.synthetic, ctx.class_names, ks=o.ks, seeds=o.seeds,
         gan_per_class=o.gan_per_class, real_fraction=o.real_fraction, steps=o.gain_steps,
         subset_seed=o.subset_seed, hflip=o.hflip, device=o.device, config=o.classifier,
     )
@@ -307,12 +318,18 @@ def evaluate_arrays(
     out_dir: str | Path | None = None,
     metrics_jsonl: str | Path | None = None,
     options: EvalOptions | None = None,
+    synthetic_features: tuple[np.ndarray, np.ndarray] | None = None,
+    gain_pools: dict[int, Arrays] | None = None,
     **option_overrides: Any,
 ) -> dict:
     """Run ``metrics`` (default: all registered) and return a JSON-able dict; write the report if ``out_dir``.
 
     ``seeds``: a count (0..n-1) or explicit seeds, for CAS and the gain arms.
     Any ``EvalOptions`` field can be overridden by keyword (e.g. ``gain_steps=100``).
+    ``synthetic_features``: (features [N, D], labels [N]) of the whole synthetic set in the
+    ``feature`` space, computed elsewhere (Ray Data); ``synthetic`` may then be a subsample.
+    ``gain_pools``: {k: (images, labels)} from GANs trained on the k-shot subsets; needs
+    ``subset_seed`` (the subsets they were trained on, see downstream.kshot_indices).
     Result: {"settings", "metrics": {name: ...}, "verdicts": [...], "timing_s": {name: s}, "files"?}.
     """
     from ganaug.metrics.report import to_jsonable, verdicts, write_report
@@ -327,6 +344,23 @@ def evaluate_arrays(
     shape = _check_arrays("real_train", real_train, len(class_names), None)
     _check_arrays("real_heldout", real_heldout, len(class_names), shape)
     _check_arrays("synthetic", synthetic, len(class_names), shape)
+    if synthetic_features is not None:
+        feats, feat_labels = np.asarray(synthetic_features[0], np.float32), np.asarray(synthetic_features[1], np.int64)
+        if feats.ndim != 2 or len(feats) != len(feat_labels) or len(feats) == 0:
+            raise EvaluationInputError(f"synthetic_features: need [N, D] features with N labels, got "
+                                       f"{feats.shape} and {feat_labels.shape}")
+        if feat_labels.min() < 0 or feat_labels.max() >= len(class_names):
+            raise EvaluationInputError(f"synthetic_features: labels must lie in 0..{len(class_names) - 1}")
+        synthetic_features = (feats, feat_labels)
+    if gain_pools is not None:
+        gain_pools = {int(k): labels(v) for k, v in gain_pools.items()}
+        missing = sorted({int(k) for k in ks} - set(gain_pools))
+        if missing:
+            raise EvaluationInputError(f"gain_pools lacks k = {missing}")
+        for k, pool in gain_pools.items():
+            _check_arrays(f"gain_pools[{k}]", pool, len(class_names), shape)
+        if option_overrides.get("subset_seed", getattr(options, "subset_seed", None)) is None:
+            raise EvaluationInputError("gain_pools need subset_seed: the k-shot subsets their GANs were trained on")
 
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     bad = sorted(set(option_overrides) - set(EvalOptions.__dataclass_fields__))
@@ -335,15 +369,17 @@ def evaluate_arrays(
     o = options or EvalOptions()
     o = EvalOptions(**{**vars(o), "ks": tuple(ks), "seeds": tuple(seed_list), "feature": feature,
                        "cache_dir": cache_dir, **option_overrides})
-    ctx = EvalContext(real_train, real_heldout, synthetic, class_names, o)
+    ctx = EvalContext(real_train, real_heldout, synthetic, class_names, o, synthetic_features, gain_pools)
 
     results, timing = {}, {}
     for name in metrics:
         t0 = time.perf_counter()
         results[name] = to_jsonable(METRICS[name](ctx))
         timing[name] = round(time.perf_counter() - t0, 3)
+    n_syn = len(synthetic_features[1]) if synthetic_features is not None else len(synthetic[0])
     settings = {**to_jsonable(vars(o)), "metrics": metrics, "n_train": len(real_train[0]),
-                "n_heldout": len(real_heldout[0]), "n_synthetic": len(synthetic[0]), "class_names": class_names,
+                "n_heldout": len(real_heldout[0]), "n_synthetic": n_syn,
+                "n_synthetic_images": len(synthetic[0]), "class_names": class_names,
                 "resolution": list(shape[:2]), "channels": int(shape[2])}
     if ctx._domain is not None:
         settings["domain"] = {**settings["domain"], "fingerprint": ctx._domain.fingerprint,

@@ -327,13 +327,16 @@ class FeatureMapper:
     """
 
     def __init__(self, make_extractor: Callable[[], Callable[[np.ndarray], np.ndarray]],
-                 image_key: str = "image", out_key: str = "features"):
+                 image_key: str = "image", out_key: str = "features", drop_images: bool = False):
         self.extractor = make_extractor()
         self.image_key, self.out_key = image_key, out_key
+        self.drop_images = drop_images  # don't ship the pixels on to the next stage / the driver
 
     def __call__(self, batch: dict) -> dict:
         images = batch[self.image_key]
         if not isinstance(images, np.ndarray) or images.dtype == object:  # a list / ragged column of HWC arrays
             images = np.stack([np.asarray(im) for im in images])
         batch[self.out_key] = self.extractor(np.asarray(images, dtype=np.uint8))
+        if self.drop_images:
+            batch = {k: v for k, v in batch.items() if k != self.image_key}
         return batch

@@ -244,8 +244,16 @@ def render_markdown(report: dict, figures: Sequence[str]) -> str:
     lines = ["# ganaug evaluation report", ""]
     s = report.get("settings", {})
     lines += [f"- feature space: `{s.get('feature')}`",
-              f"- real train / held-out / synthetic: {s.get('n_train')} / {s.get('n_heldout')} / {s.get('n_synthetic')}",
-              ""]
+              f"- real train / held-out / synthetic: {s.get('n_train')} / {s.get('n_heldout')} / {s.get('n_synthetic')}"]
+    d = report.get("data") or {}
+    if d.get("real"):
+        lines.append(f"- real: `{d['real']}`" + (f", held-out: `{d['heldout']}`" if d.get("heldout") else ""))
+    syn = d.get("synthetic") or {}
+    if syn.get("source"):
+        lines.append(f"- synthetic: {syn['source']}" + (f" (checkpoint `{d['checkpoint']['uri']}`)"
+                                                         if d.get("checkpoint") else ""))
+    lines += [f"- {note}" for note in report.get("notes") or []]
+    lines.append("")
     lines += ["## Verdicts", "", "| metric | value | reference / threshold | verdict |", "| --- | --- | --- | --- |"]
     for v in report["verdicts"]:
         lines.append(f"| {v['metric']} | {_fmt(v['value'])} | {v['reference']} | **{v['verdict']}** |")

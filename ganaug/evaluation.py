@@ -1,0 +1,673 @@
+"""`ganaug evaluate`: load real and synthetic data, run the metrics, write the report.
+
+The metrics themselves live in ganaug.metrics (``evaluate_arrays``); this module only
+gathers their inputs:
+
+- real data: ``--real SPEC`` is the train part; ``--heldout SPEC`` the held-out part. Without
+  ``--heldout``, the last ``--heldout-fraction`` (20 %) of every class's rows of ``--real``, in
+  dataset order, is held out: deterministic, and still fair when a folder is sorted by class.
+- synthetic data: a generated set (``--synthetic parquet:URI`` or a plain folder URI with
+  ``_manifest.json``, or any dataset spec), or, with only ``--checkpoint``, a set sampled here
+  with the same rows ``ganaug generate --labels uniform --seed S`` would make (row i: seed
+  S+i, label i mod K), so a report and a generated set describe the same images.
+- large sets: above ``--ray-threshold`` rows (or with ``--ray``) the synthetic features are a
+  Ray Data job (read_parquet -> decode -> an actor pool of ``FeatureMapper``), so a million
+  rows cost what a thousand do on the driver; the image-level metrics (label fidelity, CAS,
+  augmentation gain, pixel-space copies) then use the first ``--max-images`` rows (generated
+  sets are label-interleaved, so a prefix is a balanced sample).
+- ``--gan-kshot``: the augmentation-gain arms get GANs trained on their own k-shot subsets
+  (the honest low-data setting) instead of the GAN trained on the whole train part.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ganaug import storage
+from ganaug.errors import UserError
+
+DEFAULT_RAY_THRESHOLD = 20_000
+DEFAULT_MAX_IMAGES = 20_000
+_DATASET_SCHEMES = ("builtin:", "mnist:", "imagefolder:", "parquet:")
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+class EvaluateError(UserError):
+    pass
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise EvaluateError(msg)
+
+
+# ============================================================================= config
+
+
+@dataclass
+class EvaluateConfig:
+    """The arguments of `ganaug evaluate` (flags map 1:1)."""
+
+    out: str = ""
+    real: str = ""
+    heldout: str | None = None
+    heldout_fraction: float = 0.2
+    checkpoint: str | None = None
+    synthetic: str | None = None
+    metrics: str | None = None           # comma list; None / "all" = every registered metric
+    ks: str = "10,20"
+    seeds: int = 3
+    feature: str = "domain"
+    cache_dir: str | None = None
+    num: int | None = None               # rows to sample from --checkpoint (total, balanced)
+    per_class: int | None = None         # ... or per class
+    seed: int = 0
+    truncation: float = 1.0
+    run: str | None = None
+    ray: bool | None = None              # None = automatic (rows > ray_threshold)
+    ray_threshold: int = DEFAULT_RAY_THRESHOLD
+    max_images: int = DEFAULT_MAX_IMAGES
+    workers: int | None = None
+    use_gpu: bool = False
+    gan_kshot: bool = False
+    gan_kshot_steps: int | None = None
+    domain_epochs: int = 15
+    cas_epochs: int = 15
+    gain_steps: int = 500
+    gan_per_class: int = 100
+    skip_bad: bool = False
+    threads: int | None = None           # torch threads on the driver (None = torch's default)
+
+    def validate(self) -> EvaluateConfig:
+        _check(bool(self.out and self.out.strip()), "--out is required: a folder path or s3://bucket/prefix")
+        _check(bool(self.real and self.real.strip()), "--real is required: the real dataset spec (its train part), "
+                                                      "e.g. mnist:DIR[0:5000]")
+        _check(bool(self.checkpoint or self.synthetic), "give --checkpoint (to sample a synthetic set) "
+                                                        "and/or --synthetic (a generated set)")
+        _check(0.0 < self.heldout_fraction < 1.0, f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
+        _check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
+        _check(self.num is None or self.num >= 1, f"--num must be >= 1, got {self.num}")
+        _check(self.per_class is None or self.per_class >= 1, f"--per-class must be >= 1, got {self.per_class}")
+        _check(self.num is None or self.per_class is None, "give --num or --per-class, not both")
+        _check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        _check(0.0 <= self.truncation <= 2.0, f"--truncation must be in [0, 2], got {self.truncation}")
+        _check(self.ray_threshold >= 1, f"--ray-threshold must be >= 1, got {self.ray_threshold}")
+        _check(self.max_images >= 1, f"--max-images must be >= 1, got {self.max_images}")
+        _check(self.workers is None or self.workers >= 1, f"--workers must be >= 1, got {self.workers}")
+        _check(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
+        _check(self.gan_kshot_steps is None or self.gan_kshot_steps >= 1,
+               f"--gan-kshot-steps must be >= 1, got {self.gan_kshot_steps}")
+        for name in ("domain_epochs", "cas_epochs", "gain_steps", "gan_per_class"):
+            v = getattr(self, name)
+            _check(v >= 1, f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        _check(not (self.gan_kshot and not self.checkpoint),
+               "--gan-kshot trains k-shot GANs with the checkpoint's config: give --checkpoint")
+        self.metric_list()
+        self.k_list()
+        self.feature_spec()
+        return self
+
+    def metric_list(self) -> list[str]:
+        from ganaug.metrics import METRICS
+
+        if self.metrics is None or self.metrics.strip().lower() in ("", "all"):
+            return list(METRICS)
+        names = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        bad = [m for m in names if m not in METRICS]
+        _check(not bad, f"--metrics: unknown metric(s) {', '.join(bad)}; known: {', '.join(METRICS)}")
+        _check(bool(names), "--metrics: empty list")
+        return list(dict.fromkeys(names))
+
+    def k_list(self) -> list[int]:
+        try:
+            ks = [int(k) for k in str(self.ks).split(",") if k.strip()]
+        except ValueError:
+            raise EvaluateError(f"--ks {self.ks}: expected a comma list of integers, e.g. 10,20") from None
+        _check(bool(ks) and all(k >= 1 for k in ks), f"--ks {self.ks}: expected integers >= 1, e.g. 10,20")
+        return sorted(set(ks))
+
+    def feature_spec(self) -> str:
+        from ganaug.metrics.features import FEATURES
+
+        name, _, arg = self.feature.partition(":")
+        _check(name in FEATURES, f"--feature {self.feature}: unknown feature space; use domain, "
+                                 "inception:PATH or torchscript:PATH")
+        _check(name == "domain" or bool(arg), f"--feature {self.feature}: needs a local file, e.g. {name}:/path")
+        return self.feature
+
+
+# ============================================================================= real data
+
+
+def split_heldout(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices): the last `fraction` of each class's rows, in dataset order.
+
+    Every class keeps at least one training row; a class with one row has none held out.
+    """
+    labels = np.asarray(labels)
+    train, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_held = min(round(len(idx) * fraction), len(idx) - 1)
+        train.append(idx[: len(idx) - n_held])
+        held.append(idx[len(idx) - n_held:])
+    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    return cat(train), cat(held)
+
+
+def _load(spec: str, resolution: int | None, channels: int | None, skip_bad: bool, flag: str):
+    from ganaug.data import load_dataset
+
+    try:
+        return load_dataset(spec, resolution, channels, skip_bad=skip_bad)
+    except UserError as e:
+        raise EvaluateError(f"{flag} {spec}: {str(e).splitlines()[0]}") from None
+
+
+def load_real(cfg: EvaluateConfig, resolution: int, channels: int) -> tuple[Arrays, Arrays, list[str], dict]:
+    train = _load(cfg.real, resolution, channels, cfg.skip_bad, "--real")
+    names = list(train.class_names)
+    _check(len(train) > 0, f"--real {cfg.real}: no rows")
+    _check(bool(train.labels.size) and train.labels.min() >= 0,
+           f"--real {cfg.real}: unlabelled rows; evaluation needs a labelled real dataset")
+    info: dict[str, Any] = {"real": cfg.real, "bad_real": len(train.bad)}
+    if cfg.heldout:
+        held = _load(cfg.heldout, resolution, channels, cfg.skip_bad, "--heldout")
+        _check(len(held) > 0, f"--heldout {cfg.heldout}: no rows")
+        _check(held.labels.min() >= 0 and held.labels.max() < len(names),
+               f"--heldout {cfg.heldout}: labels outside the {len(names)} classes of --real")
+        if held.class_names and list(held.class_names[: len(names)]) != names[: len(held.class_names)]:
+            raise EvaluateError(f"--heldout {cfg.heldout}: class names {held.class_names[:5]}... differ from "
+                                f"--real's {names[:5]}...")
+        info.update(heldout=cfg.heldout, split="given")
+        return (train.images, train.labels), (held.images, held.labels), names, info
+    tr, he = split_heldout(train.labels, cfg.heldout_fraction)
+    _check(len(he) > 0, f"--real {cfg.real}: too few rows per class to hold any out; give --heldout")
+    info.update(heldout=None, split=f"last {cfg.heldout_fraction:.0%} of each class's rows of --real (dataset order) "
+                                    f"held out: {len(tr)} train / {len(he)} held-out")
+    return ((train.images[tr], train.labels[tr]), (train.images[he], train.labels[he]), names, info)
+
+
+# ============================================================================= synthetic data
+
+
+def synthetic_spec(uri: str) -> str:
+    """A generated-set URI or any dataset spec -> a dataset spec."""
+    uri = uri.strip()
+    return uri if uri.startswith(_DATASET_SCHEMES) else f"parquet:{uri}"
+
+
+def sample_balanced(sampler, num: int, seed: int, truncation: float,
+                    echo: Callable[[str], None] | None = None) -> Arrays:
+    """Rows 0..num-1 of `ganaug generate --labels uniform --seed S`: seed S+i, label i mod K."""
+    from ganaug.labels import PlanContext, parse_plan
+
+    k = sampler.num_classes if sampler.conditional else 0
+    labels = parse_plan("uniform", PlanContext(num, k, list(sampler.class_names))).labels()
+    images = np.empty((num, sampler.resolution, sampler.resolution, sampler.channels), np.uint8)
+    step, t0, last = 1024, time.time(), 0.0
+    for a in range(0, num, step):
+        b = min(a + step, num)
+        cond = labels[a:b] if sampler.conditional else None
+        images[a:b] = sampler.generate(range(seed + a, seed + b), cond, truncation)
+        if echo and time.time() - last > 5:
+            last = time.time()
+            echo(f"evaluate: sampled {b}/{num} images ({b / max(last - t0, 1e-9):.0f}/s)")
+    return images, labels
+
+
+@dataclass
+class _DomainFactory:
+    """Rebuilds a trained domain CNN inside a Ray actor from its safetensors bytes (no shared disk needed)."""
+
+    weights: bytes
+    arch: tuple[int, int, int, float]
+    fingerprint: str
+    device: str = "cpu"
+    threads: int = 1
+
+    @classmethod
+    def of(cls, domain, device: str, threads: int = 1) -> _DomainFactory:
+        from safetensors.torch import save
+
+        clf = domain.classifier
+        state = {k: v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
+        return cls(save(state), (clf.in_channels, clf.num_classes, clf.width, float(clf.dropout.p)),
+                   domain.fingerprint, device, threads)
+
+    def __call__(self):
+        import torch
+        from safetensors.torch import load
+
+        from ganaug.metrics.classifier import SmallCNN
+        from ganaug.metrics.features import DomainFeatures
+
+        torch.set_num_threads(max(1, self.threads))
+        model = SmallCNN(*self.arch)
+        model.load_state_dict(load(self.weights))
+        return DomainFeatures(model.eval(), fingerprint=self.fingerprint, cache_hit=True, device=self.device)
+
+
+@dataclass
+class _SpecFactory:
+    """build_extractor(spec) inside an actor (inception:/torchscript: paths must exist on every node)."""
+
+    spec: str
+    device: str = "cpu"
+    threads: int = 1
+
+    def __call__(self):
+        import torch
+
+        from ganaug.metrics.features import build_extractor
+
+        torch.set_num_threads(max(1, self.threads))
+        return build_extractor(self.spec, device=self.device)
+
+
+def _decode_batch(table, *, image_col: str, image_kind: str, label_col: str | None, resolution: int,
+                  channels: int) -> dict:
+    """Ray Data stage: a pyarrow batch of encoded rows -> {"image": uint8 NHWC, "label": int64}."""
+    import pyarrow as pa
+
+    from ganaug.data.images import BadImage, conform, decode_image
+
+    col = table.column(image_col)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    data = col.field("bytes") if image_kind == "struct" else col
+    images = []
+    for i, b in enumerate(data.to_pylist()):
+        try:
+            images.append(conform(decode_image(b), resolution, channels))
+        except BadImage as e:
+            raise EvaluateError(f"synthetic set: unreadable image in a batch (row {i} of it): {e}") from None
+    if label_col is not None:
+        lab = table.column(label_col).to_numpy(zero_copy_only=False)
+        labels = np.where(np.isnan(lab), -1, lab).astype(np.int64) if lab.dtype.kind == "f" else lab.astype(np.int64)
+    else:
+        labels = np.full(len(images), -1, np.int64)
+    out = np.stack(images) if images else np.zeros((0, resolution, resolution, channels), np.uint8)
+    return {"image": out, "label": labels}
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError raised inside a Ray task/actor, out of Ray's wrappers."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError) and type(e).__module__.startswith("ganaug"):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolution: int, channels: int,
+                         workers: int | None = None, use_gpu: bool = False, batch_size: int = 256,
+                         allow_incomplete: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D], labels [N]) of a Parquet set, in row order, as one Ray Data job.
+
+    read_parquet on the shard files (through ganaug.storage's filesystem: local or S3) ->
+    decode tasks -> an ActorPoolStrategy pool of FeatureMapper (the extractor is built once per
+    actor from `make_extractor`). Actors take fractional CPUs and leave one CPU to Ray Data's
+    own tasks (DESIGN §3: a pool holding every CPU deadlocks the read).
+    """
+    from ganaug.data import open_reader, parse_spec
+    from ganaug.metrics.features import FeatureMapper
+    from ganaug.raycluster import cluster_cpus, cluster_gpus, ensure_ray
+
+    parsed = parse_spec(spec)
+    _check(parsed.scheme == "parquet", f"the Ray Data feature path reads Parquet sets, not {spec!r}")
+    _check(parsed.start is None and parsed.stop is None,
+           f"{spec}: the Ray Data feature path reads whole sets; drop the [a:b] slice")
+    _, reader = open_reader(spec, allow_incomplete)
+    fs, _ = storage.resolve(reader.files[0])
+    paths = [storage.resolve(f)[1] for f in reader.files]
+    columns = [reader.image_col] + ([reader.label_col] if reader.label_col else [])
+
+    ray = ensure_ray()
+    from ray.data import ActorPoolStrategy, DataContext
+
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    _check(not use_gpu or gpus > 0, "--use-gpu: the Ray cluster has no GPU")
+    n = max(1, workers or (int(gpus) if use_gpu else max(1, int(cpus) - 1)))
+    actor_cpu = round(min(1.0, max(0.25, (cpus - 1.0) / n)), 3)
+    remote: dict[str, Any] = {"num_cpus": actor_cpu}
+    if use_gpu:
+        remote["num_gpus"] = round(min(1.0, gpus / n), 3)
+    ctx = DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order)
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True  # features come back in row order
+    try:
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, file_extensions=None)
+        ds = ds.map_batches(_decode_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.25,
+                            fn_kwargs={"image_col": reader.image_col, "image_kind": reader.image_kind,
+                                       "label_col": reader.label_col, "resolution": resolution,
+                                       "channels": channels})
+        ds = ds.map_batches(FeatureMapper, batch_format="numpy", batch_size=batch_size,
+                            fn_constructor_kwargs={"make_extractor": make_extractor, "drop_images": True},
+                            compute=ActorPoolStrategy(min_size=1, max_size=n), **remote)
+        feats, labels = [], []
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            feats.append(np.asarray(batch["features"], np.float32))
+            labels.append(np.asarray(batch["label"], np.int64))
+    except Exception as e:
+        ue = _user_error_in(e)
+        if ue is not None:
+            raise EvaluateError(str(ue).strip().splitlines()[0]) from None
+        raise
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+# ============================================================================= k-shot GANs
+
+
+def train_kshot_pools(meta: dict, real_train: Arrays, class_names: list[str], ks: list[int], *, subset_seed: int,
+                      steps: int | None, per_class: int, seed: int, truncation: float, device: str,
+                      echo: Callable[[str], None]) -> tuple[dict[int, Arrays], dict]:
+    """{k: synthetic pool} from a GAN per k trained (checkpoint's config) on exactly the k-shot subset the arms use."""
+    from ganaug.config import ConfigError, config_from_dict
+    from ganaug.metrics.downstream import kshot_indices
+    from ganaug.sampling import Sampler
+    from ganaug.training.loop import GANTrainer
+
+    if not meta.get("config"):
+        raise EvaluateError("--gan-kshot: the checkpoint's model.json has no training config; "
+                            "use a checkpoint written by `ganaug train`")
+    if meta.get("kind") != "noise" or int(meta.get("num_classes", 0)) < 1:
+        raise EvaluateError(f"--gan-kshot needs a class-conditional noise model, not {meta.get('family')}")
+    raw = dict(meta["config"])
+    raw["data"] = {**raw.get("data", {}), "resolution": int(meta["resolution"]), "channels": int(meta["channels"])}
+    try:
+        cfg = config_from_dict(raw)
+    except ConfigError as e:
+        raise EvaluateError(f"--gan-kshot: the checkpoint's config: {e}") from None
+    steps = int(steps or cfg.training.steps)
+    cfg.training.steps = steps
+    num_classes = len(class_names)
+    pools, info = {}, {"steps": steps, "family": cfg.model.family, "subset_seed": subset_seed, "seconds": {}}
+    for k in ks:
+        t0 = time.time()
+        idx = kshot_indices(real_train[1], k, subset_seed, num_classes)
+        trainer = GANTrainer(cfg, real_train[0][idx], real_train[1][idx], class_names, device=device)
+        report_every = max(1, steps // 4)
+        trainer.fit(steps, report_every=report_every, checkpoint_every=steps + 1,
+                    on_report=lambda r, k=k: echo(f"evaluate: k-shot GAN k={k}: step {r['step']}/{steps} "
+                                                  f"loss_g {r['loss_g']:.3f} loss_d {r['loss_d']:.3f}"))
+        sampler = Sampler(trainer.G_ema, trainer.model_meta(), device=device)
+        pools[k] = sample_balanced(sampler, per_class * num_classes, seed, truncation)
+        info["seconds"][str(k)] = round(time.time() - t0, 1)
+    return pools, info
+
+
+# ============================================================================= orchestration
+
+
+def _run_of(checkpoint_uri: str) -> str | None:
+    """{run}/checkpoints/step-N -> {run}; None when the checkpoint is not inside a run folder."""
+    parent = storage.parent(checkpoint_uri)
+    if storage.basename(parent) == "checkpoints":
+        return storage.parent(parent)
+    return None
+
+
+def _native_shape(spec: str, flag: str) -> tuple[int, int]:
+    from ganaug.data import dataset_summary
+
+    try:
+        shape = dataset_summary(spec)["shape"]
+    except UserError as e:
+        raise EvaluateError(f"{flag} {spec}: {str(e).splitlines()[0]}") from None
+    _check(shape is not None, f"{flag} {spec}: no rows")
+    _check(shape[0] == shape[1], f"{flag} {spec}: images are {shape[0]}x{shape[1]}; evaluation needs square images")
+    return int(shape[0]), int(shape[2])
+
+
+def _summary(report: dict, files: dict[str, str], out: str, seconds: float, feature_path: str) -> dict:
+    m = report["metrics"]
+    s: dict[str, Any] = {
+        "out": out, "report": files.get("report.json"), "markdown": files.get("report.md"),
+        "figures": [files[f] for f in report.get("figures", [])],
+        "n_train": report["settings"]["n_train"], "n_heldout": report["settings"]["n_heldout"],
+        "n_synthetic": report["settings"]["n_synthetic"], "feature": report["settings"]["feature"],
+        "feature_path": feature_path, "seconds": round(seconds, 2),
+        "verdicts": {v["metric"]: v["verdict"] for v in report["verdicts"]},
+    }
+    if "fid" in m:
+        s.update(fid=m["fid"]["value"], fid_reference=m["fid"]["reference"])
+    if "kid" in m:
+        s["kid"] = m["kid"]["value"]["mean"]
+    if "prdc" in m:
+        s.update({k: m["prdc"]["value"][k] for k in ("precision", "recall", "coverage")})
+    if "fidelity" in m:
+        s["label_fidelity"] = m["fidelity"]["accuracy"]
+    if "cas" in m:
+        s.update(cas=m["cas"]["synthetic"]["accuracy"], cas_real=m["cas"]["real"]["accuracy"])
+    if "gain" in m:
+        s["gain_over_classic"] = {str(g["k"]): g["gan_over_classic"] for g in m["gain"]["ks"]}
+    if "diversity" in m:
+        s["collapse"] = m["diversity"]["collapse"]
+    if "memorisation" in m:
+        s["memorised"] = m["memorisation"]["memorised"]
+    return s
+
+
+def run_evaluate(cfg: EvaluateConfig, echo: Callable[[str], None] | None = None) -> dict:
+    """Evaluate; every input error is raised before heavy work. Returns the summary (the CLI's JSON line)."""
+    from ganaug import checkpoint
+    from ganaug.metrics import EvalOptions, evaluate_arrays
+    from ganaug.metrics.features import DomainFeatures, DomainSettings
+    from ganaug.metrics.report import write_report
+
+    say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    t_start = time.time()
+    cfg.validate()
+    metrics = cfg.metric_list()
+    ks = cfg.k_list()
+    device = "cuda" if cfg.use_gpu else "cpu"
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    timing: dict[str, float] = {}
+    notes: list[str] = []
+    data_info: dict[str, Any] = {}
+
+    # ---- checkpoint, shape, run folder: cheap checks first
+    meta, ckpt_uri, sampler = None, None, None
+    if cfg.checkpoint:
+        ckpt_uri = checkpoint.resolve_checkpoint(cfg.checkpoint)
+        meta = checkpoint.load_meta(ckpt_uri)
+        resolution, channels = int(meta["resolution"]), int(meta["channels"])
+        if not cfg.synthetic:
+            _check(meta.get("kind") == "noise", f"--checkpoint {cfg.checkpoint}: {meta.get('family')} translates "
+                                                "images; make a set with `ganaug translate` and pass --synthetic")
+        data_info["checkpoint"] = {"uri": ckpt_uri, "id": checkpoint.checkpoint_id(ckpt_uri),
+                                   "family": meta.get("family"), "step": meta.get("step")}
+    syn_spec = synthetic_spec(cfg.synthetic) if cfg.synthetic else None
+    if syn_spec is not None and meta is None:
+        resolution, channels = _native_shape(syn_spec, "--synthetic")
+    run_uri = cfg.run or (_run_of(ckpt_uri) if ckpt_uri else None)
+    metrics_jsonl = None
+    if run_uri:
+        candidate = run_uri if run_uri.endswith(".jsonl") else storage.join(run_uri, "metrics.jsonl")
+        if storage.exists(candidate):
+            metrics_jsonl = candidate
+        elif cfg.run:
+            raise EvaluateError(f"--run {cfg.run}: no metrics.jsonl there")
+    if cfg.feature != "domain":  # load it once here: a bad file is a one-line error before any work
+        try:
+            from ganaug.metrics.features import build_extractor
+
+            build_extractor(cfg.feature, device=device)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise EvaluateError(f"--feature {cfg.feature}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                from None
+    if cfg.gan_kshot and not (meta or {}).get("config"):
+        raise EvaluateError("--gan-kshot: the checkpoint's model.json has no training config; "
+                            "use a checkpoint written by `ganaug train`")
+
+    # ---- real data
+    t = time.time()
+    real_train, real_heldout, class_names, real_info = load_real(cfg, resolution, channels)
+    data_info.update(real_info)
+    timing["load_real"] = round(time.time() - t, 2)
+    num_classes = len(class_names)
+    if meta is not None and meta.get("kind") == "noise" and int(meta.get("num_classes", 0)) > 0:
+        _check(int(meta["num_classes"]) == num_classes,
+               f"--checkpoint has {meta['num_classes']} classes but --real {cfg.real} has {num_classes}")
+        if list(meta.get("class_names") or []) not in ([], class_names):
+            notes.append(f"class names differ: checkpoint {meta['class_names'][:5]}... vs real {class_names[:5]}...; "
+                         "labels are matched by index")
+    say(f"evaluate: real {len(real_train[0])} train / {len(real_heldout[0])} held-out images, {num_classes} classes, "
+        f"{resolution}x{resolution}x{channels}")
+
+    options = EvalOptions(domain=DomainSettings(epochs=cfg.domain_epochs), cas_epochs=cfg.cas_epochs,
+                          gain_steps=cfg.gain_steps, gan_per_class=cfg.gan_per_class, device=device)
+
+    def domain() -> DomainFeatures:
+        return DomainFeatures.from_training(real_train[0], real_train[1], num_classes, settings=options.domain,
+                                            cache_dir=cfg.cache_dir, device=device)
+
+    # ---- synthetic data
+    t = time.time()
+    synthetic_features = None
+    feature_path = "in-process"
+    if syn_spec is None:
+        from ganaug.sampling import Sampler
+
+        sampler = Sampler.from_checkpoint(ckpt_uri, device=device)
+        k = max(sampler.num_classes, 1) if sampler.conditional else 1
+        num = cfg.num or (cfg.per_class * k if cfg.per_class else len(real_train[0]))
+        say(f"evaluate: sampling {num} images from {ckpt_uri} (seed {cfg.seed}, truncation {cfg.truncation})")
+        synthetic = sample_balanced(sampler, num, cfg.seed, cfg.truncation, say)
+        data_info["synthetic"] = {"source": "sampled", "rows": num, "seed": cfg.seed, "truncation": cfg.truncation,
+                                  "labels": "uniform (row i: seed S+i, label i mod K), as `ganaug generate`"}
+    else:
+        from ganaug.data import open_reader
+
+        try:
+            parsed, reader = open_reader(syn_spec)
+            start, stop = parsed.bounds(reader.num_rows())
+        except UserError as e:
+            raise EvaluateError(f"--synthetic {cfg.synthetic}: {str(e).splitlines()[0]}") from None
+        rows = stop - start
+        use_ray = cfg.ray if cfg.ray is not None else rows > cfg.ray_threshold
+        if use_ray and parsed.scheme != "parquet":
+            _check(cfg.ray is not True, f"--ray: the Ray Data feature path reads Parquet sets, not {syn_spec}")
+            use_ray = False
+        data_info["synthetic"] = {"source": cfg.synthetic, "spec": syn_spec, "rows": rows}
+        manifest_uri = storage.join(parsed.location, "_manifest.json") if parsed.scheme == "parquet" else None
+        if manifest_uri and storage.exists(manifest_uri):
+            man = storage.read_json(manifest_uri)
+            data_info["synthetic"]["manifest"] = {k: man.get(k) for k in ("rows", "counts", "checkpoint", "arguments",
+                                                                          "filter", "created") if k in man}
+        if use_ray:
+            image_rows = min(rows, cfg.max_images)
+            img_spec = syn_spec if image_rows == rows else f"{syn_spec}[0:{image_rows}]"
+            syn = _load(img_spec, resolution, channels, cfg.skip_bad, "--synthetic")
+            synthetic = (syn.images, syn.labels)
+            say(f"evaluate: synthetic features of {rows} rows on Ray Data ({cfg.feature})")
+            t_f = time.time()
+            if cfg.feature == "domain":
+                factory: Any = _DomainFactory.of(domain(), device)
+            else:
+                factory = _SpecFactory(cfg.feature, device)
+            synthetic_features = parquet_features_ray(syn_spec, factory, resolution=resolution, channels=channels,
+                                                      workers=cfg.workers, use_gpu=cfg.use_gpu)
+            timing["ray_features"] = round(time.time() - t_f, 2)
+            feature_path = "ray"
+            if image_rows < rows:
+                notes.append(f"feature metrics use all {rows} synthetic rows (Ray Data); image-level metrics "
+                             f"(fidelity, CAS, gain, pixel copies) use the first {image_rows} rows")
+        else:
+            syn = _load(syn_spec, resolution, channels, cfg.skip_bad, "--synthetic")
+            synthetic = (syn.images, syn.labels)
+        if syn.class_names and num_classes and list(syn.class_names[:num_classes]) != class_names[: len(syn.class_names)]:
+            notes.append(f"class names differ: synthetic {syn.class_names[:5]}... vs real {class_names[:5]}...; "
+                         "labels are matched by index")
+    timing["synthetic"] = round(time.time() - t, 2)
+
+    # ---- unlabelled synthetic (unconditional generator): pseudo-labels from the domain classifier
+    if len(synthetic[1]) and (synthetic[1] < 0).any():
+        _check(bool((synthetic[1] < 0).all()), "the synthetic set mixes labelled and unlabelled rows")
+        import torch
+
+        from ganaug.metrics.classifier import predict
+
+        clf = domain().classifier
+        synthetic = (synthetic[0], predict(clf, synthetic[0]))
+        if synthetic_features is not None:
+            _check(cfg.feature == "domain", "an unlabelled synthetic set on the Ray path needs --feature domain "
+                                            "(its pseudo-labels come from the domain classifier's head)")
+            with torch.no_grad():
+                logits = clf.head(torch.from_numpy(synthetic_features[0]).to(next(clf.parameters()).device))
+            synthetic_features = (synthetic_features[0], logits.argmax(1).cpu().numpy().astype(np.int64))
+        if "fidelity" in metrics:
+            metrics = [m for m in metrics if m != "fidelity"]
+            _check(bool(metrics), "--metrics fidelity: the synthetic set is unlabelled (unconditional generator), "
+                                  "so label fidelity has nothing to check")
+        notes.append("the synthetic set is unlabelled (unconditional generator): labels are the domain classifier's "
+                     "predictions, and label fidelity is skipped")
+    _check(len(synthetic[0]) > 0, "the synthetic set has no rows")
+    bad = synthetic[1][(synthetic[1] < 0) | (synthetic[1] >= num_classes)]
+    _check(bad.size == 0, f"synthetic label {int(bad[0]) if bad.size else 0} is outside the {num_classes} classes "
+                          f"of --real {cfg.real}")
+    say(f"evaluate: {len(synthetic_features[1]) if synthetic_features else len(synthetic[0])} synthetic images "
+        f"({feature_path} features)")
+
+    # ---- k-shot GANs
+    gain_pools = None
+    if cfg.gan_kshot and "gain" in metrics:
+        t = time.time()
+        gain_pools, kshot_info = train_kshot_pools(
+            meta, real_train, class_names, ks, subset_seed=0, steps=cfg.gan_kshot_steps,
+            per_class=cfg.gan_per_class, seed=cfg.seed, truncation=cfg.truncation, device=device, echo=say)
+        options.subset_seed = 0
+        data_info["gan_kshot"] = kshot_info
+        timing["gan_kshot"] = round(time.time() - t, 2)
+        notes.append(f"augmentation gain: a {kshot_info['family']} GAN per k trained for {kshot_info['steps']} steps "
+                     "on exactly that k-shot subset (fixed subset, seed 0); seeds vary the classifier only")
+    elif "gain" in metrics:
+        notes.append("augmentation gain: the GAN arms use the evaluated generator, trained on the whole train part "
+                     "(more real data than the k-shot arms see); pass --gan-kshot for the honest low-data setting")
+
+    # ---- metrics
+    say(f"evaluate: metrics {', '.join(metrics)}")
+    t = time.time()
+    report = evaluate_arrays(real_train, real_heldout, synthetic, class_names, metrics, ks=ks, seeds=cfg.seeds,
+                             feature=cfg.feature, cache_dir=cfg.cache_dir, options=options,
+                             synthetic_features=synthetic_features, gain_pools=gain_pools)
+    timing["metrics"] = round(time.time() - t, 2)
+    if data_info.get("split") and data_info["split"] != "given":
+        notes.insert(0, f"held-out split: {data_info['split']}")
+    report["data"] = data_info
+    report["notes"] = notes
+    report["settings"]["feature_path"] = feature_path
+    report["settings"]["evaluate"] = {k: v for k, v in asdict(cfg).items()}
+    report["timing_s"] = {**report["timing_s"], **{f"stage:{k}": v for k, v in timing.items()}}
+    files = write_report(cfg.out, report, class_names=class_names, synthetic=synthetic, metrics_jsonl=metrics_jsonl)
+    report["figures"] = sorted(f for f in files if f.endswith(".png"))
+    return _summary(report, files, cfg.out, time.time() - t_start, feature_path)
+
+
+def config_dict(cfg: EvaluateConfig) -> dict:
+    return asdict(cfg)
+
+
+__all__ = ["EvaluateConfig", "EvaluateError", "parquet_features_ray", "run_evaluate", "sample_balanced",
+           "split_heldout", "synthetic_spec", "train_kshot_pools"]
