@@ -141,6 +141,16 @@ def generate_rows(sampler, rows: np.ndarray, labels: np.ndarray, seed: int, trun
     return images, seeds, int(pending.size)
 
 
+def candidates_drawn(seeds: np.ndarray, first_row: int, seed: int, total: int) -> int:
+    """Filter candidates drawn for these rows, read back from the seeds they kept.
+
+    Row i's candidate j has seed S + i + j*N, so a kept seed says how many candidates were
+    tried; this works for shards reused from an earlier run too.
+    """
+    rows = np.arange(first_row, first_row + len(seeds), dtype=np.int64)
+    return int(((np.asarray(seeds, dtype=np.int64) - seed - rows) // max(total, 1) + 1).sum())
+
+
 # ============================================================================= configs
 
 def _check(cond: bool, msg: str) -> None:
@@ -249,7 +259,8 @@ class _ShardActor:
         raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"index": [], "file": [], "rows": [], "sha256": [], "counts": [], "fallback": []}
+        out: dict[str, list] = {"index": [], "file": [], "rows": [], "sha256": [], "counts": [], "fallback": [],
+                                "candidates": []}
         for k in range(len(batch["index"])):
             row = {key: batch[key][k] for key in batch}
             index, start, stop = int(row["index"]), int(row["start"]), int(row["stop"])
@@ -264,6 +275,8 @@ class _ShardActor:
             out["sha256"].append(shards.sha256(data))
             out["counts"].append(json.dumps(count_labels(labels)))
             out["fallback"].append(fallback)
+            out["candidates"].append(candidates_drawn(table.column("seed").to_numpy(), start, self.job.seed,
+                                                      self.job.total_rows) if self.job.filter else stop - start)
         return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -383,7 +396,7 @@ def _prepare_out(out: str, arguments: dict, overwrite: bool) -> dict | None:
     return None
 
 
-def _verify_existing(out: str, ranges: list[tuple[int, int, int]]) -> dict[int, dict]:
+def _verify_existing(out: str, ranges: list[tuple[int, int, int]], job: ShardJob) -> dict[int, dict]:
     """Shards already written by an earlier (interrupted) run of the same command."""
     import pyarrow.parquet as pq
 
@@ -400,10 +413,13 @@ def _verify_existing(out: str, ranges: list[tuple[int, int, int]]) -> dict[int, 
         data = storage.read_bytes(storage.join(out, name))
         if shards.check_shard_bytes(data, b - a) is not None:
             return None  # incomplete or foreign: make it again
-        labels = pq.read_table(io.BytesIO(data), columns=["label"]).column("label").to_numpy()
+        table = pq.read_table(io.BytesIO(data), columns=["label", "seed"])
+        labels = table.column("label").to_numpy()
+        candidates = (candidates_drawn(table.column("seed").to_numpy(), a, job.seed, job.total_rows)
+                      if job.filter else b - a)
         # (filter fallbacks of reused shards are not recorded in them: counted as 0)
         return {"index": i, "file": name, "rows": b - a, "sha256": shards.sha256(data),
-                "counts": count_labels(labels), "fallback": 0}
+                "counts": count_labels(labels), "fallback": 0, "candidates": candidates}
 
     found: dict[int, dict] = {}
     if todo:
@@ -502,7 +518,7 @@ def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: in
             yield {"index": int(row["index"]), "file": str(row["file"]), "rows": int(row["rows"]),
                    "sha256": str(row["sha256"]),
                    "counts": {int(k): v for k, v in json.loads(str(row["counts"])).items()},
-                   "fallback": int(row["fallback"])}
+                   "fallback": int(row["fallback"]), "candidates": int(row["candidates"])}
     except Exception as e:
         ue = _user_error_in(e)
         if ue is not None:
@@ -524,7 +540,7 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
     storage.write_json(storage.join(out, shards.INTENT),
                        {"fingerprint": shards.fingerprint(arguments), "arguments": arguments})
     ranges = shard_ranges(total, rows_per_shard)
-    results = _verify_existing(out, ranges)
+    results = _verify_existing(out, ranges, job)
     missing = [(i, a, b) for i, a, b in ranges if i not in results]
     reused = len(results)
     if missing:
@@ -557,7 +573,11 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
     extra = dict(manifest_extra)
     fallback = sum(r["fallback"] for r in results.values())
     if arguments.get("filter"):
-        extra["filter"] = {"spec": arguments["filter"], "max_tries": MAX_FILTER_TRIES, "fallback_rows": fallback}
+        candidates = sum(r["candidates"] for r in results.values())
+        rejected = candidates - (total - fallback)
+        extra["filter"] = {"spec": arguments["filter"], "max_tries": MAX_FILTER_TRIES, "fallback_rows": fallback,
+                           "candidates": candidates, "rejected": rejected,
+                           "rejection_rate": round(rejected / max(candidates, 1), 6)}
     extra["run"] = run_info
     manifest = shards.build_manifest(rows=total, counts=counts, files=files, checkpoint_uri=job.checkpoint_uri,
                                      checkpoint_id=job.checkpoint_id, arguments=arguments,
