@@ -59,14 +59,196 @@ def sample(checkpoint_uri: str, num: int, out: str, seed: int, truncation: float
     emit_json({"grid": out, "checkpoint": sampler.checkpoint_uri, "generator": sampler.checkpoint_id})
 
 
+# ----------------------------------------------------------------------------------- serve
+
+@cli.command("serve")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--model", "model_specs", multiple=True, metavar="ID=URI",
+              help="Add or override a model of the config's model map (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def serve_cmd(ctx: click.Context, config: str | None, model_specs: tuple[str, ...], host: str, port: int) -> None:
+    """Run the HTTP service (Ray Serve) in the foreground until Ctrl-C.
+
+    The bearer token comes from $GANAUG_API_TOKEN when set (or the config's args.token).
+    """
+    from serve.app import build_args, load_app_config, run_foreground
+
+    entry, http = load_app_config(config)
+    raw = dict(entry["args"])
+    models = dict(raw.get("models") or {})
+    for spec in model_specs:
+        mid, sep, uri = spec.partition("=")
+        if not sep or not mid.strip() or not uri.strip():
+            raise click.BadParameter(f"{spec!r}: expected ID=URI", param_hint="--model")
+        models[mid.strip()] = uri.strip()
+    if not models:
+        raise click.UsageError("no models to serve: give a CONFIG with args.models or --model ID=URI")
+    raw["models"] = models
+    # Explicit flags win; otherwise the config's http_options; otherwise the defaults.
+    src = ctx.get_parameter_source
+    if src("host") is click.core.ParameterSource.DEFAULT and http.get("host"):
+        host = str(http["host"])
+    if src("port") is click.core.ParameterSource.DEFAULT and http.get("port"):
+        port = int(http["port"])
+    run_foreground(build_args(raw), host=host, port=port, name=str(entry.get("name") or "ganaug"),
+                   route_prefix=str(entry.get("route_prefix") or "/"), echo=click.echo)
+
+
+# ------------------------------------------------------------------------ generate / translate
+
+def _shard_options(f):
+    """Flags shared by generate and translate (validated in ganaug.generation, one-line errors)."""
+    f = click.option("--overwrite", is_flag=True,
+                     help="Replace a set made with different arguments in --out.")(f)
+    f = click.option("--use-gpu", is_flag=True, help="One GPU per actor.")(f)
+    f = click.option("--workers", type=int, default=None,
+                     help="Actors in the pool [default: one per cluster CPU, or per GPU with --use-gpu].")(f)
+    f = click.option("--format", "fmt", default="png", show_default=True, help="Image encoding: png, jpeg or npy.")(f)
+    f = click.option("--rows-per-shard", type=int, default=1000, show_default=True, help="Rows per Parquet file.")(f)
+    f = click.option("--out", default="", help="Output folder: a path or s3://bucket/prefix.  [required]")(f)
+    f = click.option("--checkpoint", "checkpoint_uri", default="",
+                     help="Checkpoint folder or run folder URI.  [required]")(f)
+    return f
+
+
+@cli.command()
+@_shard_options
+@click.option("--num", type=int, default=None, help="Rows to generate (implied by counts: and balance: plans).")
+@click.option("--labels", default=None,
+              help="uniform (default) | 0,3,7 | counts:0=500,3=200 | balance:DATASET")
+@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi in [0, 2].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Row i uses seed SEED+i.")
+@click.option("--filter", "filter_spec", default=None, help="Keep only images a filter accepts, e.g. fidelity:0.9.")
+def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, num, labels, truncation, seed,
+             filter_spec) -> None:
+    """Bulk-generate a labelled image set as Parquet shards (Ray Data)."""
+    from ganaug.generation import GenerateConfig, run_generate
+
+    cfg = GenerateConfig(checkpoint=checkpoint_uri, out=out, num=num, labels=labels, truncation=truncation,
+                         seed=seed, rows_per_shard=rows_per_shard, format=fmt, workers=workers, use_gpu=use_gpu,
+                         filter=filter_spec, overwrite=overwrite)
+    emit_json(run_generate(cfg))
+
+
+@cli.command()
+@_shard_options
+@click.option("--input", "input_spec", default="", help="Dataset spec to translate, e.g. mnist:DIR[0:1000].  [required]")
+def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, input_spec) -> None:
+    """Run an image-to-image model (pix2pix, cyclegan) over a dataset; same output format as generate."""
+    from ganaug.generation import TranslateConfig, run_translate
+
+    cfg = TranslateConfig(checkpoint=checkpoint_uri, input=input_spec, out=out, rows_per_shard=rows_per_shard,
+                          format=fmt, workers=workers, use_gpu=use_gpu, overwrite=overwrite)
+    emit_json(run_translate(cfg))
+
+
+# ----------------------------------------------------------------------------------- train
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set model.width=64 (repeatable).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray Train workers (default: training.num_workers). Global batch = batch_size x workers.")
+@click.option("--use-gpu", is_flag=True, default=None, help="One GPU per worker (NCCL, bf16 autocast).")
+@click.option("--storage", "storage_root", default=None, help="Storage root URI (default: storage.root).")
+@click.option("--name", default=None, help="Run name (default: the config file's stem). Same name = resume.")
+def train(config: str, overrides: tuple[str, ...], workers: int | None, use_gpu: bool | None,
+          storage_root: str | None, name: str | None) -> None:
+    """Train a GAN on Ray Train; checkpoints, metrics.jsonl and sample grids go to STORAGE/NAME/."""
+    from pathlib import Path
+
+    from ganaug.config import load_config
+    from ganaug.training.worker import TrainingFailed, prepare_run, run_training
+
+    cfg = load_config(config, list(overrides))
+    # Config, data spec, storage and resume compatibility are all checked before Ray starts.
+    plan = prepare_run(cfg, workers, use_gpu, storage_root, name or Path(config).stem)
+    try:
+        summary = run_training(plan.cfg, plan=plan, echo=lambda line: click.echo(line))
+    except TrainingFailed as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    emit_json(summary)
+
+
+# -------------------------------------------------------------------------------- evaluate
+
+@cli.command("evaluate")
+@click.option("--out", default="", help="Report folder: a path or s3://bucket/prefix.  [required]")
+@click.option("--real", default="", help="Real dataset spec, its train part (e.g. mnist:DIR[0:5000]).  [required]")
+@click.option("--heldout", default=None,
+              help="Real held-out dataset spec [default: the last --heldout-fraction of each class of --real].")
+@click.option("--heldout-fraction", type=float, default=0.2, show_default=True,
+              help="Share of each class of --real held out when --heldout is omitted.")
+@click.option("--checkpoint", "checkpoint_uri", default=None,
+              help="Checkpoint or run folder: samples the synthetic set when --synthetic is omitted.")
+@click.option("--synthetic", default=None, help="Generated set: parquet:URI, a folder URI with _manifest.json, "
+                                                 "or any dataset spec.")
+@click.option("--metrics", default=None, help="Comma list [default: all]: fid,kid,prdc,fid_per_class,fidelity,"
+                                               "diversity,memorisation,cas,gain.")
+@click.option("--ks", default="10,20", show_default=True, help="Real images per class in the augmentation-gain arms.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Classifier seeds for CAS and the gain arms.")
+@click.option("--feature", default="domain", show_default=True,
+              help="Feature space: domain | inception:PATH | torchscript:PATH.")
+@click.option("--cache-dir", default=None, help="Domain-classifier cache [default: $GANAUG_CACHE or ~/.cache/ganaug].")
+@click.option("--num", type=int, default=None, help="Images to sample from --checkpoint, balanced "
+                                                    "[default: as many as the real train part].")
+@click.option("--per-class", type=int, default=None, help="... or images per class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampled row i uses seed SEED+i.")
+@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi for sampling.")
+@click.option("--run", "run_uri", default=None,
+              help="Training run (or its metrics.jsonl) for the curves figure [default: the checkpoint's run].")
+@click.option("--ray/--no-ray", "use_ray", default=None,
+              help="Force (or forbid) the Ray Data feature path [default: when the set has > --ray-threshold rows].")
+@click.option("--ray-threshold", type=int, default=20000, show_default=True)
+@click.option("--max-images", type=int, default=20000, show_default=True,
+              help="Synthetic rows loaded as images for image-level metrics on the Ray path.")
+@click.option("--workers", type=int, default=None, help="Feature actors on the Ray path [default: cluster CPUs - 1].")
+@click.option("--use-gpu", is_flag=True, help="Classifiers, sampling and feature actors on GPU.")
+@click.option("--gan-kshot", is_flag=True, help="Train a GAN per k on the k-shot subset for the gain arms.")
+@click.option("--gan-kshot-steps", type=int, default=None, help="Steps per k-shot GAN [default: the checkpoint's].")
+@click.option("--domain-epochs", type=int, default=15, show_default=True, help="Domain classifier epochs.")
+@click.option("--cas-epochs", type=int, default=15, show_default=True, help="CAS classifier epochs.")
+@click.option("--gain-steps", type=int, default=500, show_default=True, help="Optimiser steps per gain arm.")
+@click.option("--gan-per-class", type=int, default=100, show_default=True,
+              help="Synthetic images per class added to each gain arm.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
+@click.option("--threads", type=int, default=None,
+              help="torch threads on the driver [default: torch's]; 1 is fastest on small, busy machines.")
+def evaluate_cmd(out, real, heldout, heldout_fraction, checkpoint_uri, synthetic, metrics, ks, seeds, feature,
+                 cache_dir, num, per_class, seed, truncation, run_uri, use_ray, ray_threshold, max_images, workers,
+                 use_gpu, gan_kshot, gan_kshot_steps, domain_epochs, cas_epochs, gain_steps, gan_per_class,
+                 skip_bad, threads) -> None:
+    """Judge a generator or a generated set against real data: report.json, report.md, PNG figures."""
+    from ganaug.evaluation import EvaluateConfig, run_evaluate
+
+    cfg = EvaluateConfig(out=out, real=real, heldout=heldout, heldout_fraction=heldout_fraction,
+                         checkpoint=checkpoint_uri, synthetic=synthetic, metrics=metrics, ks=ks, seeds=seeds,
+                         feature=feature, cache_dir=cache_dir, num=num, per_class=per_class, seed=seed,
+                         truncation=truncation, run=run_uri, ray=use_ray, ray_threshold=ray_threshold,
+                         max_images=max_images, workers=workers, use_gpu=use_gpu, gan_kshot=gan_kshot,
+                         gan_kshot_steps=gan_kshot_steps, domain_epochs=domain_epochs, cas_epochs=cas_epochs,
+                         gain_steps=gain_steps, gan_per_class=gan_per_class, skip_bad=skip_bad,
+                         threads=threads)
+    emit_json(run_evaluate(cfg, echo=lambda line: click.echo(line, err=True)))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.UsageError as e:
+        # One line naming the bad flag (click's default is a three-line usage block).
+        cmd = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+        click.echo(f"error: {cmd}{e.format_message()}", err=True)
+        sys.exit(2)
     except click.exceptions.ClickException as e:
-        e.show()
+        click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(2)
     except UserError as e:
         click.echo(f"error: {e}", err=True)

@@ -80,10 +80,17 @@ def start_local_ray():
     """A fresh local Ray on 127.0.0.1 with token auth (Ray's default for local clusters)."""
     import ray
 
-    # Never opt out of token auth (DESIGN §3); pass it explicitly so a user's environment
-    # cannot turn it off for the demo.
-    os.environ["RAY_AUTH_MODE"] = "token"
+    # A new local Ray turns token auth on by itself (and writes ~/.ray/auth_token); refuse
+    # an environment that opts out, rather than silently running without it (DESIGN §3).
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        from ganaug.errors import UserError
+
+        raise UserError("RAY_AUTH_MODE=disabled: the demo keeps Ray's token auth on; unset it")
     os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    import logging
+
+    for noisy in ("ray.data", "ray.serve", "ray.train"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
              include_dashboard=False, log_to_driver=False, configure_logging=True,
              logging_level="ERROR")
@@ -194,15 +201,19 @@ def run_demo(cfg: DemoConfig) -> dict:
         ray.shutdown()
     report = ev["report"]
     metrics = report.get("metrics", {})
-    cas = _metric(metrics, "cas", "accuracy")
-    cas_ref = _metric(metrics, "cas", "reference_accuracy")
-    fid = _metric(metrics, "fid", "fid")
-    gain = _metric(metrics, "gain", "per_k", cfg.ks.split(",")[0], default={})
+    cas = _metric(metrics, "cas", "synthetic", "accuracy")
+    cas_ref = _metric(metrics, "cas", "real", "accuracy")
+    fid = _metric(metrics, "fid", "value")
+    fid_ref = _metric(metrics, "fid", "reference")
+    gain = next(iter(_metric(metrics, "gain", "ks", default=[])), {})
     ckpt = train["checkpoint"]
     result = {
         "checkpoint": ckpt, "run": train.get("run"), "set": gen["out"], "rows": gen["rows"],
         "report": f"{ev['out']}/report.md", "grid": f"{ckpt}/samples.png",
-        "cas": cas, "cas_real_reference": cas_ref, "fid_domain": fid, "gain": gain,
+        "cas": cas, "cas_real_reference": cas_ref, "fid_domain": fid, "fid_real_vs_real": fid_ref,
+        "gain": {k: gain.get(k) for k in ("k", "gan_gain", "gan_over_classic")}
+        | {"arms": {n: {"mean": a["mean"], "std": a["std"]} for n, a in gain.get("arms", {}).items()}},
+        "verdicts": {v["metric"]: v["verdict"] for v in report.get("verdicts", [])},
         "serve": srv, "seconds": round(time.perf_counter() - t0, 1),
     }
     return result
@@ -227,10 +238,13 @@ def print_summary(res: dict) -> None:
         ("CAS (synthetic-only CNN on real held-out)", _fmt(res["cas"], pct=True)),
         ("  same CNN trained on real", _fmt(res["cas_real_reference"], pct=True)),
         ("domain FID (synthetic vs held-out)", _fmt(res["fid_domain"])),
+        ("  real train vs held-out", _fmt(res["fid_real_vs_real"])),
     ]
     for name in ("real", "real+classic", "real+gan", "real+classic+gan"):
         if name in arms:
-            rows.append((f"k-shot accuracy, {name}", arm(name)))
+            rows.append((f"k={gain.get('k')} per class, {name}", arm(name)))
+    if gain.get("gan_over_classic") is not None:
+        rows.append(("  gain of +GAN over real+classic", f"{100 * gain['gan_over_classic']:+.1f} points"))
     s = res["serve"]
     rows += [
         ("served samples", f"{s['images']} in {s['seconds']} s, identical to Sampler: {s['identical_to_sampler']}"),

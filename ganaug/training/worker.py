@@ -1,0 +1,643 @@
+"""Ray Train glue, and the only module of ganaug that imports `ray.train`.
+
+Driver side (`run_training`):
+  1. `prepare_run` (no Ray): resolve workers / GPU / storage / name, check the data spec
+     cheaply (`dataset_summary`), refuse to resume a run whose model or data config differs,
+     write the resolved `config.yaml`. Every user error surfaces here, before a worker starts.
+  2. a `TorchTrainer` (gloo on CPU, NCCL with --use-gpu) runs `train_loop_per_worker` on N
+     workers; `FailureConfig(max_failures)` restarts the worker group after a crash.
+  3. progress: each rank's `ray.train.report` reaches `_ProgressCallback.after_report` on the
+     Train controller, which forwards one small record to a `_ProgressSink` actor; a driver
+     thread drains it and prints one line per report. Ray's own worker/controller logs are not
+     forwarded (`log_to_driver=False`), so the terminal shows only ganaug's lines.
+
+Worker side (`train_loop_per_worker`):
+  - every rank loads the dataset itself; the loop's IndexStream gives each rank a disjoint
+    slice of every epoch, and wraps G and D in DDP (torch.distributed is set up by Train);
+  - resume: the source of truth is the newest COMPLETE checkpoint in `{run}/checkpoints/`
+    (model.json written last). Rank 0 picks it and broadcasts the URI, every rank loads it.
+    So a crash (Train restarts the group), a killed driver (rerun with the same --name) and
+    a finished run given more steps all continue from the same place;
+  - only rank 0 writes files (metrics.jsonl, checkpoints, sample grids);
+  - every rank calls `ray.train.report` at exactly the same steps (a checkpoint step folds
+    its metrics into the checkpoint's report), as Train v2 requires.
+
+Global batch = training.batch_size x workers: each optimiser step averages gradients over
+all workers' batches (DDP), so N workers take steps N times as large in images. The learning
+rates are NOT scaled automatically; keep them when adding workers for a GAN (Adam is fairly
+insensitive to batch size; GANs are sensitive to lr), or scale by hand and say so.
+
+Test-only fault injection (environment of the workers):
+  GANAUG_TEST_CRASH_AT_STEP=N   the crashing rank calls os._exit(1) right after step N
+  GANAUG_TEST_CRASH_RANK=r      which rank (default: 1, or 0 with a single worker)
+  GANAUG_TEST_CRASH_MARKER=path crash only while this local file does not exist (it is
+                                created just before the crash, so it crashes once)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ganaug import storage
+from ganaug.config import RunConfig, config_from_dict
+from ganaug.errors import UserError
+from ganaug.training import run_files
+
+CRASH_AT_STEP_ENV = "GANAUG_TEST_CRASH_AT_STEP"
+CRASH_RANK_ENV = "GANAUG_TEST_CRASH_RANK"
+CRASH_MARKER_ENV = "GANAUG_TEST_CRASH_MARKER"
+
+# Non-secret settings the workers need to reach the same storage as the driver. Credentials
+# are never put here: Train exports worker_runtime_env to its state API / dashboard. A
+# local Ray inherits the driver's environment; a cluster has its own credentials.
+_WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "AWS_EC2_METADATA_DISABLED", CRASH_AT_STEP_ENV, CRASH_RANK_ENV, CRASH_MARKER_ENV)
+
+# How often the Train controller polls workers for reports. Ray's default is 2 s, and a
+# worker blocks in ray.train.report until its previous report was collected, so this bounds
+# the report rate; 0.5 s keeps short runs fast and costs the controller little.
+_POLL_INTERVAL_S = "0.5"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+log = logging.getLogger(__name__)
+
+
+class TrainingFailed(Exception):
+    """Training stopped for good (worker errors beyond max_failures); one-line message."""
+
+
+# =============================================================================== driver: plan
+
+@dataclass
+class RunPlan:
+    cfg: RunConfig           # resolved: workers, use_gpu, storage root filled in
+    name: str
+    run_uri: str
+    workers: int
+    use_gpu: bool
+    total_steps: int
+    resume_uri: str | None   # newest complete checkpoint at start, if any
+    resume_step: int
+    dataset: dict            # dataset_summary of data.spec
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.training.batch_size * self.workers
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    out = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _diff_sections(old: dict, new: dict, sections=("model", "data")) -> list[str]:
+    """'model.width: 16 -> 32' for each key whose value changed (skip_bad does not count)."""
+    out = []
+    for sec in sections:
+        a, b = old.get(sec) or {}, new.get(sec) or {}
+        for k in sorted(set(a) | set(b)):
+            if sec == "data" and k == "skip_bad":
+                continue
+            if a.get(k) != b.get(k):
+                out.append(f"{sec}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
+
+
+def _check_spec(key: str, spec: str) -> dict:
+    from ganaug.data import dataset_summary
+
+    try:
+        summary = dataset_summary(spec)
+    except UserError as e:
+        raise UserError(f"config key '{key}': {e}") from None
+    if not summary.get("rows"):
+        raise UserError(f"config key '{key}': {spec!r} selects no rows")
+    return summary
+
+
+def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None = None,
+                storage_root: str | None = None, name: str | None = None) -> RunPlan:
+    """Everything that can fail because of the user's input, checked in the driver, no Ray."""
+    from ganaug import checkpoint
+
+    cfg = copy.deepcopy(cfg)
+    tc = cfg.training
+    if workers is not None:
+        if workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        tc.num_workers = int(workers)
+    if use_gpu is not None:
+        tc.use_gpu = bool(use_gpu)
+    if storage_root:
+        cfg.storage.root = str(storage_root)
+    if "://" not in cfg.storage.root:
+        # Workers run in a Train-made working directory: a relative root must be made
+        # absolute here (on several nodes it must also be shared storage, e.g. NFS).
+        cfg.storage.root = os.path.abspath(os.path.expanduser(cfg.storage.root))
+    cfg.validate()
+    name = name or cfg.model.family
+    if not _NAME_RE.match(name):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (a folder and Ray run name)")
+
+    # The data spec: parse + a cheap summary (row count, classes, first image); workers load it.
+    summary = _check_spec("data.spec", cfg.data.spec)
+    if cfg.data.source_spec:
+        _check_spec("data.source_spec", cfg.data.source_spec)
+
+    run_uri = storage.join(cfg.storage.root, name)
+    resume_uri = checkpoint.latest_checkpoint(run_uri)
+    resume_step = 0
+    if resume_uri:
+        meta = checkpoint.load_meta(resume_uri)
+        resume_step = int(meta.get("step", 0))
+        changed = _diff_sections(meta.get("config") or {}, cfg.to_dict())
+        if changed:
+            raise UserError(f"run {run_files.redact(run_uri)} exists with a different model/data config "
+                            f"({'; '.join(changed[:3])}); use a new --name to start a fresh run")
+    run_files.write_config(run_uri, cfg.to_yaml())  # also proves the storage is writable
+    return RunPlan(cfg=cfg, name=name, run_uri=run_uri, workers=tc.num_workers, use_gpu=tc.use_gpu,
+                   total_steps=tc.steps, resume_uri=resume_uri, resume_step=resume_step, dataset=summary)
+
+
+# =============================================================================== driver: progress
+
+def _progress_classes():
+    """Defined lazily so importing this module never imports Ray."""
+    import ray
+    from ray.train import UserCallback
+
+    @ray.remote(num_cpus=0)
+    class _ProgressSink:
+        def __init__(self):
+            self.items: list[dict] = []
+
+        def push(self, item: dict) -> None:
+            self.items.append(item)
+
+        def drain(self) -> list[dict]:
+            items, self.items = self.items, []
+            return items
+
+    class _ProgressCallback(UserCallback):
+        """Runs on the Train controller: forward each report (all ranks) to the sink."""
+
+        def __init__(self, sink):
+            self.sink = sink
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.sink.push.remote({"event": "report", "ranks": list(metrics)})
+
+        def after_exception(self, run_context, worker_exceptions):
+            errors = {int(r): _first_line(e) for r, e in (worker_exceptions or {}).items()}
+            self.sink.push.remote({"event": "failure", "errors": errors})
+
+    return _ProgressSink, _ProgressCallback
+
+
+class _Progress:
+    """Driver thread: drain the sink, print one line per report, remember what it saw."""
+
+    def __init__(self, sink, plan: RunPlan, echo: Callable[[str], None] | None):
+        self.sink, self.plan, self.echo = sink, plan, echo
+        self.failures: list[dict] = []
+        self.last_ranks: list[dict] = []
+        self.in_sync = True
+        self.nodes: set[str] = set()
+        self.reports = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ganaug-progress", daemon=True)
+
+    def start(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._drain()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._drain()
+
+    def _drain(self) -> None:
+        import ray
+
+        try:
+            items = ray.get(self.sink.drain.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - progress must never break training
+            return
+        for item in items:
+            self._handle(item)
+
+    def _say(self, line: str) -> None:
+        if self.echo is not None:
+            self.echo(line)
+
+    def _handle(self, item: dict) -> None:
+        if item["event"] == "failure":
+            self.failures.append(item["errors"])
+            n = len(self.failures)
+            errs = "; ".join(f"rank {r}: {e}" for r, e in sorted(item["errors"].items()))
+            limit = self.plan.cfg.training.max_failures
+            what = (f"restarting from the latest checkpoint (failure {n} of {limit} allowed)"
+                    if n <= limit else "giving up (max_failures reached)")
+            self._say(f"worker failure: {errs}; {what}")
+            return
+        ranks = item["ranks"]
+        self.reports += 1
+        self.last_ranks = ranks
+        hashes = {r.get("g_hash") for r in ranks} | {None}
+        hashes_d = {r.get("d_hash") for r in ranks} | {None}
+        if len(hashes) > 2 or len(hashes_d) > 2:
+            self.in_sync = False
+        self.nodes.update(r["node"] for r in ranks if r.get("node"))
+        r0 = ranks[0] if ranks else {}
+        if r0.get("resumed_from") is not None:
+            self._say(f"resumed from step {r0['resumed_from']} ({r0.get('resume_uri', '')})")
+        if "loss_d" in r0 or "loss_g" in r0:
+            line = run_files.format_progress(r0, self.plan.total_steps, global_batch=self.plan.global_batch)
+            if r0.get("checkpoint"):
+                line += f"  ckpt {storage.basename(r0['checkpoint'])}"
+            self._say(line)
+        elif r0.get("checkpoint"):
+            self._say(f"step {r0['step']}/{self.plan.total_steps}  checkpoint {r0['checkpoint']}")
+
+
+# =============================================================================== driver: run
+
+def _storage_for_ray(run_uri: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Train's own bookkeeping under {run}/_ray_train."""
+    uri = storage.join(run_uri, run_files.RAY_DIR)
+    if storage.is_s3(uri):
+        fs, path = storage.resolve(uri)
+        return path, fs
+    _, path = storage.resolve(uri)
+    return path, None
+
+
+def _quiet_ray_loggers() -> None:
+    for name in ("ray.train", "ray.train.v2", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _no_raylet_echo():
+    """While fit() runs, don't echo the raylet's multi-line "A worker died..." notices onto
+    the driver's stdout (log_to_driver=False does not cover them): the progress thread
+    prints one line per worker failure instead. Ray has no public switch for this; the
+    module flag below is what ray.util.rpdb uses, and if it ever goes away this is a no-op.
+    """
+    import ray._private.worker as ray_worker
+
+    if not hasattr(ray_worker, "_worker_logs_enabled"):
+        yield
+        return
+    before = ray_worker._worker_logs_enabled
+    ray_worker._worker_logs_enabled = False
+    try:
+        yield
+    finally:
+        ray_worker._worker_logs_enabled = before
+
+
+def summarize(plan: RunPlan, progress: _Progress | None = None, wall_seconds: float | None = None) -> dict:
+    """The final JSON: where the run and its newest checkpoint are, and what it did."""
+    from ganaug import checkpoint
+
+    latest = checkpoint.latest_checkpoint(plan.run_uri)
+    meta = checkpoint.load_meta(latest) if latest else {}
+    lines = run_files.read_metrics(plan.run_uri)
+    last = lines[-1] if lines else {}
+    step = int(meta.get("step", 0))
+    out: dict[str, Any] = {
+        "run": plan.run_uri,
+        "name": plan.name,
+        "checkpoint": latest,
+        "step": step,
+        "total_steps": plan.total_steps,
+        "complete": step >= plan.total_steps,
+        "images_seen": int(meta.get("images_seen", last.get("images_seen", 0))),
+        "seconds": round(float(last.get("seconds", 0.0)), 3),
+        "images_per_s": last.get("images_per_s"),
+        "workers": plan.workers,
+        "use_gpu": plan.use_gpu,
+        "global_batch": plan.global_batch,
+        "resumed_from": plan.resume_step,
+        "metrics": run_files.metrics_uri(plan.run_uri),
+        "config": run_files.config_uri(plan.run_uri),
+        "samples": run_files.samples_uri(plan.run_uri, step) if latest else None,
+    }
+    if wall_seconds is not None:
+        out["wall_seconds"] = round(wall_seconds, 3)
+    if progress is not None:
+        out["restarts"] = len(progress.failures)
+        out["reports"] = progress.reports
+        out["ranks_in_sync"] = progress.in_sync
+        out["g_hashes"] = [r.get("g_hash") for r in progress.last_ranks]
+        out["nodes"] = len(progress.nodes)
+    return run_files.redact_obj(out)
+
+
+def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None = None,
+                 storage: str | None = None, name: str | None = None, *,
+                 echo: Callable[[str], None] | None = print, plan: RunPlan | None = None) -> dict:
+    """Train `cfg` on Ray Train and return the summary dict (the CLI's last JSON line).
+
+    Connects to RAY_ADDRESS when set, else starts a local Ray (an initialised Ray is reused).
+    Rerunning with the same storage + name resumes from the newest complete checkpoint; a
+    new name starts fresh. Raises UserError for bad input, TrainingFailed when workers keep
+    failing beyond training.max_failures.
+    """
+    t0 = time.perf_counter()
+    plan = plan or prepare_run(cfg, workers, use_gpu, storage, name)
+    if plan.resume_step >= plan.total_steps:
+        if echo:
+            echo(f"run {run_files.redact(plan.run_uri)} is already at step {plan.resume_step} "
+                 f"(training.steps={plan.total_steps}); nothing to do")
+        return summarize(plan, None, time.perf_counter() - t0)
+
+    from ganaug.raycluster import ensure_ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _POLL_INTERVAL_S)
+    ray = ensure_ray(log_to_driver=False, logging_level=logging.WARNING)
+    _quiet_ray_loggers()
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = ray.cluster_resources()
+    tc = plan.cfg.training
+    if plan.use_gpu:
+        per_worker = {"CPU": 1.0, "GPU": 1.0}
+        if resources.get("GPU", 0) < plan.workers and echo:
+            echo(f"waiting for {plan.workers} GPU(s): the cluster has {int(resources.get('GPU', 0))} now "
+                 "(an autoscaler may add nodes)")
+    else:
+        # A local Ray smaller than the worker count (a laptop running --workers 4 on 2 cores)
+        # gives each worker a fair share; a cluster (RAY_ADDRESS) gets 1 CPU per worker, so
+        # an autoscaler adds nodes instead of packing every worker onto the head. Torch
+        # threads are set separately (threads_per_worker).
+        cpus = float(resources.get("CPU", 0.0))
+        if os.environ.get("RAY_ADDRESS"):
+            per_worker = {"CPU": 1.0}
+            if cpus < plan.workers and echo:
+                echo(f"waiting for {plan.workers} CPU(s): the cluster has {cpus:g} now "
+                     "(an autoscaler may add nodes)")
+        else:
+            per_worker = {"CPU": max(0.01, min(1.0, cpus / plan.workers))}
+
+    sink_cls, callback_cls = _progress_classes()
+    sink = sink_cls.remote()
+    storage_path, storage_fs = _storage_for_ray(plan.run_uri)
+    worker_env = {k: os.environ[k] for k in _WORKER_ENV if os.environ.get(k)}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": plan.cfg.to_dict(), "run_uri": plan.run_uri, "name": plan.name,
+                           "cwd": os.getcwd()},
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RayRunConfig(
+            name=plan.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            callbacks=[callback_cls(sink)],
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+        ),
+    )
+    if echo:
+        start = f"resuming at step {plan.resume_step}" if plan.resume_uri else "starting fresh"
+        echo(f"train {plan.name}: {plan.cfg.model.family} on {plan.cfg.data.spec} "
+             f"({plan.dataset.get('rows')} rows), {plan.workers} worker(s) x batch {tc.batch_size} "
+             f"= global batch {plan.global_batch}, {'GPU' if plan.use_gpu else 'CPU'}, "
+             f"{plan.total_steps} steps, {start}; run {run_files.redact(plan.run_uri)}")
+    progress = _Progress(sink, plan, echo).start()
+    try:
+        with _no_raylet_echo():
+            trainer.fit()
+    except Exception as e:  # Train's TrainingFailedError and friends
+        progress.stop()
+        from ray.train import TrainingFailedError
+
+        if isinstance(e, TrainingFailedError):
+            errors = progress.failures[-1] if progress.failures else {}
+            detail = "; ".join(f"rank {r}: {m}" for r, m in sorted(errors.items())) or _first_line(e)
+            raise TrainingFailed(f"training failed after {len(progress.failures)} worker failure(s) "
+                                 f"(max_failures={tc.max_failures}): {run_files.redact(detail)}") from None
+        raise
+    finally:
+        progress.stop()
+        with contextlib.suppress(Exception):
+            ray.kill(sink)  # the sink is tiny; if it is already gone, fine
+    return summarize(plan, progress, time.perf_counter() - t0)
+
+
+# =============================================================================== worker
+
+def _params_hash(module) -> str:
+    """A hash of a module's parameters (not buffers: BatchNorm stats are per rank by design)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, p in module.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _maybe_crash(step: int, rank: int, world_size: int) -> None:
+    """Test-only fault injection (see the module docstring)."""
+    at = os.environ.get(CRASH_AT_STEP_ENV)
+    if not at or int(at) != step:
+        return
+    which = int(os.environ.get(CRASH_RANK_ENV, "1" if world_size > 1 else "0"))
+    if rank != which:
+        return
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if marker:
+        if os.path.exists(marker):
+            return
+        with open(marker, "w") as f:
+            f.write(f"crashed rank {rank} at step {step}\n")
+    os._exit(1)
+
+
+def _grid_png(trainer, meta: dict, inputs) -> bytes:
+    """The checkpoint's fixed-seed sample grid, from a CPU copy of G_ema (the Sampler switches
+    deterministic algorithms on for CUDA, which must not leak into training)."""
+    from ganaug.sampling import Sampler, png_bytes
+
+    G = copy.deepcopy(trainer.G_ema).to("cpu")
+    sampler = Sampler(G, meta, device="cpu")
+    grid = sampler.grid(per_class=8, seed=0, inputs=inputs)
+    return png_bytes(grid, upscale=2)
+
+
+def _translation_inputs(cfg: RunConfig, images, source_images):
+    from ganaug.training.pairs import source_transform
+
+    if source_images is not None:
+        return source_images[:8]
+    return source_transform(cfg.data.source_transform, images[:8])
+
+
+def _load_resume_state(uri: str) -> dict:
+    from ganaug import checkpoint
+
+    meta = checkpoint.load_meta(uri)
+    state = checkpoint.load_train_state(uri, meta)
+    if not all(k in state for k in ("G", "D", "G_ema")):
+        state["G"] = checkpoint.load_weights(uri, "generator", meta)
+        state["D"] = checkpoint.load_weights(uri, "discriminator", meta)
+        state["G_ema"] = checkpoint.load_weights(uri, "generator_ema", meta)
+    return state
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One rank of a run. `config`: {"config": resolved RunConfig dict, "run_uri", "name"}."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from ray.train.collective import broadcast_from_rank_zero
+
+    from ganaug import checkpoint
+    from ganaug.data import load_dataset
+    from ganaug.training.loop import GANTrainer
+
+    # Train starts each worker in its own trial directory; relative data paths in the config
+    # (mnist:../shared/data/mnist) mean the driver's directory, as they do for the driver's
+    # own checks. Under `ray job submit --working-dir` that is the job's unpacked copy.
+    if config.get("cwd") and os.path.isdir(config["cwd"]):
+        os.chdir(config["cwd"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = config_from_dict(config["config"])
+    run_uri: str = config["run_uri"]
+    tc = cfg.training
+    total = tc.steps
+
+    threads = tc.threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size()))
+    torch.set_num_threads(threads)
+    if tc.use_gpu and torch.cuda.is_available():
+        device = ray.train.torch.get_device()
+        torch.backends.cudnn.benchmark = True
+    else:
+        device = torch.device("cpu")
+
+    data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels, cfg.data.skip_bad)
+    source = None
+    if cfg.data.source_spec:
+        source = load_dataset(cfg.data.source_spec, cfg.data.resolution, cfg.data.channels,
+                              cfg.data.skip_bad).images
+    trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device=device, rank=rank,
+                         world_size=world, source_images=source)
+
+    # Resume: rank 0 decides which checkpoint, so every rank loads the same one.
+    resume_uri = checkpoint.latest_checkpoint(run_uri) if rank == 0 else None
+    resume_uri = broadcast_from_rank_zero(resume_uri)
+    if resume_uri:
+        trainer.load_state_dict(_load_resume_state(resume_uri))
+    start_step = trainer.step
+
+    metrics_log = None
+    seconds0 = 0.0
+    if rank == 0:
+        metrics_log = run_files.MetricsLog(run_uri)
+        metrics_log.resume(start_step)  # drop lines after the checkpoint we resume from
+        if metrics_log.last:
+            seconds0 = float(metrics_log.last.get("seconds") or 0.0)
+
+    meta_base = trainer.model_meta()
+    meta_base.update(config=cfg.to_dict(), config_digest=cfg.digest(), run=config.get("name"))
+    translation = meta_base["kind"] == "translation"
+    grid_inputs = _translation_inputs(cfg, data.images, source) if translation else None
+    node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
+    first_report = True
+    pending: dict | None = None
+
+    def is_checkpoint_step(step: int) -> bool:
+        return step % tc.checkpoint_every == 0 or step == total
+
+    def send(metrics: dict, ckpt_uri: str | None) -> None:
+        nonlocal first_report
+        from ganaug.losses import unwrap
+
+        own = {"step": trainer.step, "rank": rank, "node": node,
+               "g_hash": _params_hash(unwrap(trainer.G)), "d_hash": _params_hash(unwrap(trainer.D))}
+        if rank != 0:
+            ray.train.report(own)
+            return
+        out = dict(metrics)
+        out.update(own)
+        if first_report and resume_uri:
+            out.update(resumed_from=start_step, resume_uri=resume_uri)
+        first_report = False
+        if ckpt_uri is None:
+            ray.train.report(out)
+            return
+        out["checkpoint"] = ckpt_uri
+        # A tiny pointer checkpoint, so Train's own bookkeeping (Result.checkpoint, the
+        # dashboard) follows ours; the weights live in the ganaug checkpoint it names.
+        with tempfile.TemporaryDirectory(prefix="ganaug-ptr-") as d:
+            with open(os.path.join(d, "pointer.json"), "w") as f:
+                json.dump({"checkpoint": ckpt_uri, "step": trainer.step, "run": run_uri}, f)
+            ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def on_report(report: dict) -> None:
+        nonlocal pending
+        report = dict(report)
+        report["seconds"] = seconds0 + float(report.get("seconds", 0.0))
+        if metrics_log is not None:
+            metrics_log.append({k: v for k, v in report.items() if k != "d_real_sign"})
+        if is_checkpoint_step(trainer.step):
+            pending = report  # reported together with the checkpoint, right after
+        else:
+            send(report, None)
+
+    def on_checkpoint(step: int) -> None:
+        nonlocal pending
+        uri = None
+        if rank == 0:
+            uri = storage.join(checkpoint.checkpoints_root(run_uri), checkpoint.step_dir_name(step))
+            meta = dict(meta_base, step=step, images_seen=trainer.images_seen)
+            png = _grid_png(trainer, meta, grid_inputs)
+            weights = trainer.weights()
+            checkpoint.save_checkpoint(
+                uri, meta=meta, generator_ema=weights["generator_ema"], generator=weights["generator"],
+                discriminator=weights["discriminator"], train_state=trainer.state_dict(include_weights=False),
+                samples_png=png)
+            storage.write_bytes(run_files.samples_uri(run_uri, step), png)
+            checkpoint.prune_checkpoints(run_uri, tc.keep_checkpoints)
+        send(pending or {"step": step, "images_seen": trainer.images_seen}, uri)
+        pending = None
+
+    if os.environ.get(CRASH_AT_STEP_ENV):
+        plain_step = trainer.train_step
+
+        def step_with_fault():
+            out = plain_step()
+            _maybe_crash(trainer.step, rank, world)
+            return out
+
+        trainer.train_step = step_with_fault
+
+    if start_step >= total:
+        return  # nothing left (the driver normally catches this before starting workers)
+    trainer.fit(total, report_every=tc.report_every, checkpoint_every=tc.checkpoint_every,
+                on_report=on_report, on_checkpoint=on_checkpoint)
