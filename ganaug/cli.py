@@ -6,6 +6,7 @@ User errors (bad flag, key, file, URI) exit 2 with one line; no traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -236,7 +237,15 @@ def evaluate_cmd(out, real, heldout, heldout_fraction, checkpoint_uri, synthetic
     emit_json(run_evaluate(cfg, echo=lambda line: click.echo(line, err=True)))
 
 
+def quiet_ray_defaults() -> None:
+    """Keep users' terminals readable: ganaug prints its own progress line per step or shard,
+    so Ray Data's per-dataset INFO lines are noise (they still go to the session log file).
+    Set before Ray Data configures its loggers; an explicit user setting wins."""
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+
+
 def main(argv: list[str] | None = None) -> None:
+    quiet_ray_defaults()
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

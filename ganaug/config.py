@@ -98,7 +98,10 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     steps: int = 2000              # optimiser steps (each step = one G and one D update)
-    batch_size: int = 64           # per worker; global batch = batch_size x workers
+    # Per worker. Global batch = batch_size x workers: DDP averages gradients over every
+    # worker's batch, so adding workers takes larger steps in images; learning rates are NOT
+    # rescaled with the worker count (GANs are sensitive to lr; scale by hand if you must).
+    batch_size: int = 64
     checkpoint_every: int = 500
     keep_checkpoints: int = 3      # keep the newest M checkpoint folders
     report_every: int = 50         # one metrics.jsonl line / progress line per N steps

@@ -39,16 +39,19 @@ class DemoConfig:
     preset: str = str(REPO / "jobs" / "configs" / "digits-cgan.yaml")
     workers: int = 2
     train_overrides: list[str] = field(default_factory=lambda: [
-        f"data.spec={TRAIN_SPEC}", "training.steps=600", "training.checkpoint_every=200",
+        f"data.spec={TRAIN_SPEC}", "training.steps=500", "training.checkpoint_every=250",
         "training.report_every=50"])
     num: int = 5000                 # synthetic rows, balanced against the training part
     rows_per_shard: int = 1000
     gen_workers: int = 2
     ks: str = "10"
-    seeds: int = 3
-    gain_steps: int = 300
-    cas_epochs: int = 10
-    domain_epochs: int = 10
+    seeds: int = 2
+    gain_steps: int = 200
+    cas_epochs: int = 5
+    domain_epochs: int = 8
+    # One torch thread on the driver: Ray's idle workers share the 2 cores, and an
+    # oversubscribed multi-threaded torch runs many times slower than a single thread.
+    eval_threads: int = 1
     serve_samples: int = 16
 
     @classmethod
@@ -126,7 +129,7 @@ def step_evaluate(cfg: DemoConfig, checkpoint: str, gen_summary: dict) -> dict:
     ev = EvaluateConfig(out=out, real=TRAIN_SPEC, heldout=HELDOUT_SPEC, checkpoint=checkpoint,
                         synthetic=gen_summary["out"], metrics="fid,kid,prdc,fidelity,diversity,cas,gain",
                         ks=cfg.ks, seeds=cfg.seeds, gain_steps=cfg.gain_steps, cas_epochs=cfg.cas_epochs,
-                        domain_epochs=cfg.domain_epochs).validate()
+                        domain_epochs=cfg.domain_epochs, threads=cfg.eval_threads).validate()
     # Reuse the report when nothing it depends on changed (the set's manifest pins the
     # checkpoint id and every shard's sha256).
     manifest = storage.read_json(storage.join(gen_summary["out"], "_manifest.json"))
@@ -262,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="a tiny run of the same steps (used by the tests)")
     a = p.parse_args(argv)
     cfg = DemoConfig.small(a.store) if a.small else DemoConfig(store=a.store)
+    from ganaug.cli import quiet_ray_defaults
     from ganaug.errors import UserError
+
+    quiet_ray_defaults()
 
     try:
         res = run_demo(cfg)
