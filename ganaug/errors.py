@@ -1,5 +1,29 @@
 """User-facing errors: the CLI prints their message on one line and exits 2."""
 
+from __future__ import annotations
+
 
 class UserError(Exception):
     """A problem with the user's input (flag, key, file, URI), not a bug in ganaug."""
+
+
+def find_user_error(exc: BaseException) -> UserError | None:
+    """The UserError raised inside a Ray task/actor, out of Ray's wrappers; None if there is none.
+
+    Walks `.cause` (where RayTaskError keeps the original exception), `__cause__` and
+    `__context__`. Ray's wrapper classes subclass the user's exception class too, so a UserError
+    counts only when it is the `.cause` of something or its class comes from ganaug itself.
+    """
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):
+            return cause
+        if isinstance(e, UserError) and type(e).__module__.startswith("ganaug"):
+            return e
+        todo += [cause, e.__cause__, e.__context__]
+    return None

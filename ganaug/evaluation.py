@@ -297,20 +297,6 @@ def _decode_batch(table, *, image_col: str, image_kind: str, label_col: str | No
     return {"image": out, "label": labels}
 
 
-def _user_error_in(exc: BaseException) -> UserError | None:
-    """The UserError raised inside a Ray task/actor, out of Ray's wrappers."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, UserError) and type(e).__module__.startswith("ganaug"):
-            return e
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
-
-
 def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolution: int, channels: int,
                          workers: int | None = None, use_gpu: bool = False, batch_size: int = 256,
                          allow_incomplete: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +309,12 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     """
     from ganaug.data import open_reader, parse_spec
     from ganaug.metrics.features import FeatureMapper
-    from ganaug.raycluster import cluster_cpus, cluster_gpus, ensure_ray
+    from ganaug.raycluster import (
+        cluster_cpus,
+        cluster_gpus,
+        ensure_ray,
+        ordered_data_job,
+    )
 
     parsed = parse_spec(spec)
     _check(parsed.scheme == "parquet", f"the Ray Data feature path reads Parquet sets, not {spec!r}")
@@ -335,7 +326,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     columns = [reader.image_col] + ([reader.label_col] if reader.label_col else [])
 
     ray = ensure_ray()
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
     cpus, gpus = cluster_cpus(), cluster_gpus()
     _check(not use_gpu or gpus > 0, "--use-gpu: the Ray cluster has no GPU")
@@ -344,11 +335,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     remote: dict[str, Any] = {"num_cpus": actor_cpu}
     if use_gpu:
         remote["num_gpus"] = round(min(1.0, gpus / n), 3)
-    ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order)
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True  # features come back in row order
-    try:
+    with ordered_data_job(EvaluateError):  # features come back in row order
         ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, file_extensions=None)
         ds = ds.map_batches(_decode_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.25,
                             fn_kwargs={"image_col": reader.image_col, "image_kind": reader.image_kind,
@@ -361,13 +348,6 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             feats.append(np.asarray(batch["features"], np.float32))
             labels.append(np.asarray(batch["label"], np.int64))
-    except Exception as e:
-        ue = _user_error_in(e)
-        if ue is not None:
-            raise EvaluateError(str(ue).strip().splitlines()[0]) from None
-        raise
-    finally:
-        ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
     if not feats:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(feats), np.concatenate(labels)

@@ -460,23 +460,6 @@ class _Progress:
                 sys.stderr.write("\n")
 
 
-def _user_error_in(exc: BaseException) -> UserError | None:
-    """The UserError an actor raised, out of Ray's wrappers (RayTaskError keeps it as .cause)."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, UserError):
-            return cause
-        if isinstance(e, UserError) and type(e).__module__.startswith("ganaug"):
-            return e
-        todo += [cause, e.__cause__, e.__context__]
-    return None
-
-
 def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor) for the connected cluster."""
     from ganaug.raycluster import cluster_cpus, cluster_gpus
@@ -497,17 +480,13 @@ def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tupl
 
 def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: int | None,
                   use_gpu: bool) -> Iterator[dict]:
-    from ganaug.raycluster import ensure_ray
+    from ganaug.raycluster import ensure_ray, ordered_data_job
 
     ray = ensure_ray()
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
     n, cpu, gpu = _actor_resources(workers, len(items), use_gpu)
-    ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order)
-    ctx.enable_progress_bars = False   # our own single progress line instead
-    ctx.execution_options.preserve_order = True
-    try:
+    with ordered_data_job(GenerationError):  # our own single progress line instead of Ray's
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         remote: dict[str, Any] = {"num_cpus": cpu}
         if gpu:
@@ -519,13 +498,6 @@ def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: in
                    "sha256": str(row["sha256"]),
                    "counts": {int(k): v for k, v in json.loads(str(row["counts"])).items()},
                    "fallback": int(row["fallback"]), "candidates": int(row["candidates"])}
-    except Exception as e:
-        ue = _user_error_in(e)
-        if ue is not None:
-            raise GenerationError(str(ue).strip().splitlines()[0]) from None
-        raise
-    finally:
-        ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
 
 
 def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, arguments: dict, run_info: dict,

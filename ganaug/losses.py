@@ -14,6 +14,7 @@ Phases:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -126,6 +127,33 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Run with the module's parameters frozen; gradients still flow to its inputs.
+
+    Each parameter's requires_grad flag is restored on exit, whatever it was before.
+    """
+    flags = [p.requires_grad for p in module.parameters()]
+    set_requires_grad(module, False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def autocast(ctx: LossContext):
+    """The loss context's autocast (bf16 on CUDA) as a context manager; a no-op when it has none."""
+    return ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
+
+
+def d_stats(loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, float]:
+    """The D phase's logged scalars: loss_d, mean D(real), mean D(fake) and mean sign(D(real))
+    (the ADA r_t heuristic input)."""
+    return {"loss_d": loss.item(), "d_real": real_logits.mean().item(), "d_fake": fake_logits.mean().item(),
+            "d_real_sign": real_logits.sign().mean().item()}
+
+
 class GANLoss:
     """Base class of a family's phased loss.
 
@@ -175,17 +203,12 @@ class NoiseGANLoss(GANLoss):
         self.conditional = int(getattr(g, "num_classes", 0)) > 0
 
     # -- hooks ---------------------------------------------------------------------------
-    def _autocast(self):
-        import contextlib
-
-        return self.ctx.autocast() if self.ctx.autocast is not None else contextlib.nullcontext()
-
     def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch["label"] if self.conditional else None
 
     def _d_forward(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None):
         """-> (logits [N] fp32, extra outputs or None)."""
-        with self._autocast():
+        with autocast(self.ctx):
             return D(x, labels).float(), None
 
     def _extra_d(self, extra, labels, n_real: int) -> tuple[torch.Tensor | None, dict[str, float]]:
@@ -209,7 +232,7 @@ class NoiseGANLoss(GANLoss):
         n = real.shape[0]
         if phase == "D":
             z = torch.randn(n, self.z_dim, device=real.device)
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), autocast(self.ctx):
                 fake = unwrap(self.G)(z, labels).to(real.dtype)
             x = self.ctx.augment(torch.cat([real, fake]))
             interp = None
@@ -234,8 +257,7 @@ class NoiseGANLoss(GANLoss):
                 loss = loss + extra_loss
             loss.backward()
             stats.update(extra_stats)
-            stats.update(loss_d=loss.item(), d_real=real_l.mean().item(), d_fake=fake_l.mean().item(),
-                         d_real_sign=real_l.sign().mean().item())
+            stats.update(d_stats(loss, real_l, fake_l))
             return stats
         if phase == "Dreg":
             if self.ctx.r1_gamma <= 0:
@@ -249,16 +271,10 @@ class NoiseGANLoss(GANLoss):
             return {"r1": r1.item()}
         if phase == "G":
             z = torch.randn(n, self.z_dim, device=real.device)
-            with self._autocast():
+            with autocast(self.ctx):
                 fake = self.G(z, labels).to(real.dtype)
-            D_raw = unwrap(self.D)
-            flags = [p.requires_grad for p in D_raw.parameters()]
-            set_requires_grad(D_raw, False)
-            try:
+            with frozen(unwrap(self.D)) as D_raw:
                 logits, extra = self._d_forward(D_raw, self.ctx.augment(fake), labels)
-            finally:
-                for p, f in zip(D_raw.parameters(), flags):
-                    p.requires_grad_(f)
             loss = self.ctx.adversarial.g_loss(logits)
             extra_loss, extra_stats = self._extra_g(extra, labels)
             if extra_loss is not None:

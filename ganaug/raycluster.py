@@ -6,7 +6,10 @@ fixture, a `ray job submit` entrypoint that called ray.init itself) is reused as
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+from ganaug.errors import UserError, find_user_error
 
 # Environment that Ray workers need to reach the same storage as the driver. A local Ray
 # inherits the driver's environment anyway; a remote cluster (RAY_ADDRESS) does not, so the
@@ -57,3 +60,27 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+@contextlib.contextmanager
+def ordered_data_job(error_cls: type[UserError]):
+    """Run one Ray Data job in the block: no Ray progress bars, rows in input order.
+
+    A UserError raised inside a task or actor comes out as `error_cls` with that error's first
+    line (not Ray's wrapper and traceback). The DataContext settings are restored on exit.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.execution_options.preserve_order)
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True
+    try:
+        yield
+    except Exception as e:
+        ue = find_user_error(e)
+        if ue is not None:
+            raise error_cls(str(ue).strip().splitlines()[0]) from None
+        raise
+    finally:
+        ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved

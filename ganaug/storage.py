@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -280,14 +281,16 @@ def read_bytes(uri: str) -> bytes:
         raise _fail(uri, "read", e) from e
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole file atomically: readers see the old file or the new one, never a part."""
-    fs, path = resolve(uri)
+def _write_atomic(uri: str, fs: pafs.FileSystem, path: str, fill: Callable[[Any], None]) -> None:
+    """Create the file `uri` (resolved to fs, path) atomically with `fill(f)` writing its bytes.
+
+    S3: one upload, visible only when it completes. Local: a temp file in the same folder,
+    renamed over the target. Any failure (in `fill` too) is a StorageError for a write of `uri`.
+    """
     if is_s3(uri):
         try:
-            # One upload: the object becomes visible only when the upload completes.
             with fs.open_output_stream(path) as f:
-                f.write(data)
+                fill(f)
         except Exception as e:
             raise _fail(uri, "write", e) from e
         return
@@ -297,7 +300,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; published files follow the umask
         os.replace(tmp, path)
         tmp = None
@@ -309,6 +312,12 @@ def write_bytes(uri: str, data: bytes) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file atomically: readers see the old file or the new one, never a part."""
+    fs, path = resolve(uri)
+    _write_atomic(uri, fs, path, lambda f: f.write(data))
 
 
 def read_text(uri: str) -> str:
@@ -400,34 +409,13 @@ def _copy_file(src: str, dst: str) -> None:
         inp = sfs.open_input_stream(spath)
     except Exception as e:
         raise _fail(src, "read", e) from e
+
+    def fill(out) -> None:
+        while chunk := inp.read(_COPY_CHUNK):
+            out.write(chunk)
+
     with inp:
-        if is_s3(dst):
-            try:
-                with dfs.open_output_stream(dpath) as out:
-                    while chunk := inp.read(_COPY_CHUNK):
-                        out.write(chunk)
-            except Exception as e:
-                raise _fail(dst, "write", e) from e
-            return
-        folder = os.path.dirname(dpath)
-        tmp = None
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dpath)}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as out:
-                while chunk := inp.read(_COPY_CHUNK):
-                    out.write(chunk)
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, dpath)
-            tmp = None
-        except Exception as e:
-            raise _fail(dst, "write", e) from e
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+        _write_atomic(dst, dfs, dpath, fill)
 
 
 def copy_tree(src_uri: str, dst_uri: str) -> list[str]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganaug.errors import UserError
-from ganaug.losses import LossContext, NoiseGANLoss
+from ganaug.losses import LossContext, NoiseGANLoss, autocast, unwrap
 from ganaug.models.layers import (
     ConditionalBatchNorm2d,
     channels_at,
@@ -166,12 +166,10 @@ class CGANLoss(NoiseGANLoss):
 
     def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, aux_weight: float = 0.0):
         super().__init__(G, D, ctx)
-        from ganaug.losses import unwrap
-
         self.aux_weight = float(aux_weight) if getattr(unwrap(D), "aux", None) is not None else 0.0
 
     def _d_forward(self, D, x, labels):
-        with self._autocast():
+        with autocast(self.ctx):
             if self.aux_weight > 0:
                 out, aux = D(x, labels, return_aux=True)
                 return out.float(), aux.float()

@@ -19,8 +19,6 @@ and concatenating several image sets into one batch changes nothing.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import random
 from typing import Any
 
@@ -28,55 +26,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganaug.losses import GANLoss, LossContext, gradient_penalty, r1_penalty, unwrap
-from ganaug.models.registry import DataInfo, GANFamily, register
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose instance or none")
-
-
-def _init_weights(module: nn.Module) -> None:
-    """N(0, 0.02) convs and N(1, 0.02) norm scales, as in the CycleGAN reference code."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.InstanceNorm2d) and m.weight is not None:
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
-def _log2(resolution: int) -> int:
-    depth = int(math.log2(resolution)) if resolution > 0 else 0
-    if 2 ** depth != resolution or not 8 <= resolution <= 1024:
-        raise ValueError(f"resolution must be a power of two in [8, 1024], got {resolution}")
-    return depth
-
-
-def _autocast(ctx: LossContext):
-    return ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module):
-    """Run with the module's parameters frozen; gradients still flow to its inputs."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, f in zip(module.parameters(), flags):
-            p.requires_grad_(f)
-
+from ganaug.losses import (
+    GANLoss,
+    LossContext,
+    autocast,
+    d_stats,
+    frozen,
+    gradient_penalty,
+    r1_penalty,
+    unwrap,
+)
+from ganaug.models.layers import (
+    PatchGAN,
+    init_weights,
+    log2_int,
+    norm_layer,
+    patchgan_layers,
+)
+from ganaug.models.registry import DataInfo, TranslationFamily, register
 
 # ----------------------------------------------------------------------------- generator
 
@@ -85,9 +52,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), _norm("instance", channels),
-            nn.ReLU(),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), _norm("instance", channels),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False),
+            norm_layer("instance", channels), nn.ReLU(),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False),
+            norm_layer("instance", channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,13 +70,14 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         c = lambda i: min(width * 2 ** i, max_width)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c(0), 7, bias=False),
-                                   _norm("instance", c(0)), nn.ReLU()]
+                                   norm_layer("instance", c(0)), nn.ReLU()]
         for i in range(n_down):
-            layers += [nn.Conv2d(c(i), c(i + 1), 3, 2, 1, bias=False), _norm("instance", c(i + 1)), nn.ReLU()]
+            layers += [nn.Conv2d(c(i), c(i + 1), 3, 2, 1, bias=False), norm_layer("instance", c(i + 1)),
+                       nn.ReLU()]
         layers += [ResnetBlock(c(n_down)) for _ in range(res_blocks)]
         for i in reversed(range(n_down)):
             layers += [nn.ConvTranspose2d(c(i + 1), c(i), 3, 2, 1, output_padding=1, bias=False),
-                       _norm("instance", c(i)), nn.ReLU()]
+                       norm_layer("instance", c(i)), nn.ReLU()]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(c(0), out_channels, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
@@ -124,13 +93,13 @@ class CycleGANGenerator(nn.Module):
     def __init__(self, resolution: int, in_channels: int = 3, out_channels: int = 3, width: int = 64,
                  max_width: int = 256, res_blocks: int = 6, n_down: int | None = None):
         super().__init__()
-        depth = _log2(resolution)
+        depth = log2_int(resolution, low=8, high=1024)
         if n_down is None:
             n_down = min(2, depth - 2)  # 16x16 -> 4x4 bottleneck at most
         self.resolution, self.in_channels, self.out_channels = resolution, in_channels, out_channels
         self.g_ab = ResnetGenerator(in_channels, out_channels, width, max_width, res_blocks, n_down)
         self.g_ba = ResnetGenerator(out_channels, in_channels, width, max_width, res_blocks, n_down)
-        _init_weights(self)
+        init_weights(self)
 
     def translate(self, x: torch.Tensor, direction: str = "ab") -> torch.Tensor:
         if direction == "ab":
@@ -158,28 +127,6 @@ class CycleGANGenerator(nn.Module):
 # ----------------------------------------------------------------------------- discriminator
 
 
-class PatchGAN(nn.Module):
-    """Unconditional PatchGAN: image -> patch logits [N, 1, h, w] (70x70 receptive field at n_layers=3)."""
-
-    def __init__(self, channels: int, width: int, max_width: int, n_layers: int, norm: str, spectral_norm: bool):
-        super().__init__()
-        c = lambda i: min(width * 2 ** i, max_width)
-        layers: list[nn.Module] = [nn.Conv2d(channels, c(0), 4, 2, 1), nn.LeakyReLU(0.2)]
-        for i in range(1, n_layers + 1):
-            stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(c(i - 1), c(i), 4, stride, 1), _norm(norm, c(i)), nn.LeakyReLU(0.2)]
-        layers.append(nn.Conv2d(c(n_layers), 1, 4, 1, 1))
-        self.net = nn.Sequential(*layers)
-        _init_weights(self)
-        if spectral_norm:  # after init, so the parametrisation wraps the initialised weights
-            for m in self.net:
-                if isinstance(m, nn.Conv2d):
-                    nn.utils.parametrizations.spectral_norm(m)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 class CycleGANDiscriminator(nn.Module):
     """D_a judges domain-A images, D_b domain-B images; both in one call: D(a, b) -> (la, lb)."""
 
@@ -187,9 +134,9 @@ class CycleGANDiscriminator(nn.Module):
                  max_width: int = 256, n_layers: int | None = None, norm: str = "instance",
                  spectral_norm: bool = False):
         super().__init__()
-        depth = _log2(resolution)
+        depth = log2_int(resolution, low=8, high=1024)
         if n_layers is None:
-            n_layers = max(1, min(3, depth - 2))  # keep the patch grid >= 2x2 on small images
+            n_layers = patchgan_layers(depth)  # keep the patch grid >= 2x2 on small images
         self.in_channels, self.out_channels = in_channels, out_channels
         self.d_a = PatchGAN(in_channels, width, max_width, n_layers, norm, spectral_norm)
         self.d_b = PatchGAN(out_channels, width, max_width, n_layers, norm, spectral_norm)
@@ -247,7 +194,7 @@ class CycleGANLoss(GANLoss):
 
     def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor):
         a, b = self.ctx.augment(a), self.ctx.augment(b)
-        with _autocast(self.ctx):
+        with autocast(self.ctx):
             la, lb = D(a, b)
         return la.float(), lb.float()
 
@@ -263,7 +210,7 @@ class CycleGANLoss(GANLoss):
         adv = self.ctx.adversarial
         if phase == "D":
             G_raw = unwrap(self.G)
-            with torch.no_grad(), _autocast(self.ctx):
+            with torch.no_grad(), autocast(self.ctx):
                 fake_b = G_raw.translate(a, "ab").float()
                 fake_a = G_raw.translate(b, "ba").float()
             fake_a, fake_b = self.pool_a.query(fake_a), self.pool_b.query(fake_b)
@@ -283,10 +230,8 @@ class CycleGANLoss(GANLoss):
                 loss = loss + self.ctx.gp_weight * gp
                 stats["gp"] = gp.item()
             loss.backward()
-            real = torch.cat([real_a.flatten(), real_b.flatten()])
-            stats.update(loss_d=loss.item(), d_real=real.mean().item(),
-                         d_fake=torch.cat([fake_a_l.flatten(), fake_b_l.flatten()]).mean().item(),
-                         d_real_sign=real.sign().mean().item())
+            stats.update(d_stats(loss, torch.cat([real_a.flatten(), real_b.flatten()]),
+                                 torch.cat([fake_a_l.flatten(), fake_b_l.flatten()])))
             return stats
         if phase == "Dreg":
             if self.ctx.r1_gamma <= 0:
@@ -300,10 +245,10 @@ class CycleGANLoss(GANLoss):
             return {"r1": r1.item()}
         if phase == "G":
             use_idt = self.identity_weight > 0
-            with _autocast(self.ctx):
+            with autocast(self.ctx):
                 out = self.G(a, b, identity=use_idt)
             out = {k: v.float() for k, v in out.items()}
-            with _frozen(unwrap(self.D)) as D_raw:
+            with frozen(unwrap(self.D)) as D_raw:
                 la, lb = self._d(D_raw, out["fake_a"], out["fake_b"])
             loss_adv = adv.g_loss(la) + adv.g_loss(lb)
             cycle = F.l1_loss(out["rec_a"], a) + F.l1_loss(out["rec_b"], b)
@@ -323,9 +268,8 @@ class CycleGANLoss(GANLoss):
 
 
 @register
-class CycleGAN(GANFamily):
+class CycleGAN(TranslationFamily):
     name = "cyclegan"
-    kind = "translation"
     paired = False  # batch source: A and B drawn independently: the model never sees aligned pairs
     generator_cls = CycleGANGenerator
     discriminator_cls = CycleGANDiscriminator
@@ -336,12 +280,6 @@ class CycleGAN(GANFamily):
         return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
                 "width": model.width, "max_width": model.max_width, "res_blocks": model.res_blocks,
                 "n_down": None}
-
-    @classmethod
-    def discriminator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
-        return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
-                "width": model.width, "max_width": model.max_width, "n_layers": None,
-                "norm": "none" if model.spectral_norm else "instance", "spectral_norm": model.spectral_norm}
 
     @classmethod
     def loss_kwargs(cls, model, data: DataInfo | None = None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Small building blocks shared by the model families.
 
 Generic on purpose (no family logic here): the spectral-norm switch, DCGAN-style weight init,
-a channel schedule, and conditional BatchNorm. A family file stays readable on its own and
-only borrows these.
+a channel schedule, a norm-layer switch, conditional BatchNorm and the PatchGAN discriminator.
+A family file stays readable on its own and only borrows these.
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
     if enabled:
         return nn.utils.parametrizations.spectral_norm(module)
     return module
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The 2-d norm layer named `kind`: "instance" (affine), "batch" or "none" (identity)."""
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose instance, batch or none")
 
 
 def init_weights(module: nn.Module, std: float = 0.02, *, kind: str = "normal") -> None:
@@ -100,3 +111,37 @@ class ClassConditionalBatchNorm2d(ConditionalBatchNorm2d):
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         onehot = nn.functional.one_hot(labels.long(), self.num_classes).to(self.gain.weight.dtype)
         return super().forward(x, onehot)
+
+
+def patchgan_layers(depth: int) -> int:
+    """Default `n_layers` of a PatchGAN on 2**depth images: 3 (the 70x70 PatchGAN), fewer for
+    small images so the patch grid stays >= 2x2."""
+    return max(1, min(3, depth - 2))
+
+
+class PatchGAN(nn.Module):
+    """PatchGAN (Isola et al. 2017): image -> patch logits [N, 1, h, w].
+
+    n_layers stride-2 convs (70x70 receptive field at n_layers=3), then a stride-1 conv and the
+    1-channel logit conv; every conv but the first and the logit one is followed by `norm`.
+    Conv i has min(width * 2**i, max_width) channels. Used unconditionally by CycleGAN (one per
+    domain) and conditioned on the input by pix2pix (a subclass that concatenates channels).
+    """
+
+    def __init__(self, channels: int, width: int, max_width: int, n_layers: int, norm: str = "instance",
+                 spectral_norm: bool = False):
+        super().__init__()
+        c = lambda i: min(width * 2 ** i, max_width)
+        layers: list[nn.Module] = [nn.Conv2d(channels, c(0), 4, 2, 1), nn.LeakyReLU(0.2)]
+        for i in range(1, n_layers + 1):
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(c(i - 1), c(i), 4, stride, 1), norm_layer(norm, c(i)), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(c(n_layers), 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+        init_weights(self)
+        for m in self.net:  # after init, so the parametrisation wraps the initialised weights
+            if isinstance(m, nn.Conv2d):
+                maybe_sn(m, spectral_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -14,65 +14,30 @@ in one concatenated batch without the two leaking into each other's statistics.
 
 from __future__ import annotations
 
-import contextlib
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganaug.losses import GANLoss, LossContext, gradient_penalty, r1_penalty, unwrap
-from ganaug.models.registry import DataInfo, GANFamily, register
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose instance, batch or none")
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The DCGAN/pix2pix initialisation: N(0, 0.02) convs, N(1, 0.02) norm scales."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.InstanceNorm2d, nn.BatchNorm2d)) and m.weight is not None:
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
-def _check_resolution(resolution: int) -> int:
-    depth = int(math.log2(resolution)) if resolution > 0 else 0
-    if 2 ** depth != resolution or not 4 <= resolution <= 1024:
-        raise ValueError(f"resolution must be a power of two in [4, 1024], got {resolution}")
-    return depth
-
-
-def _autocast(ctx: LossContext):
-    return ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module):
-    """Run with the module's parameters frozen; gradients still flow to its inputs."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, f in zip(module.parameters(), flags):
-            p.requires_grad_(f)
-
+from ganaug.losses import (
+    GANLoss,
+    LossContext,
+    autocast,
+    d_stats,
+    frozen,
+    gradient_penalty,
+    r1_penalty,
+    unwrap,
+)
+from ganaug.models.layers import (
+    PatchGAN,
+    init_weights,
+    log2_int,
+    norm_layer,
+    patchgan_layers,
+)
+from ganaug.models.registry import DataInfo, TranslationFamily, register
 
 # ----------------------------------------------------------------------------- generator
 
@@ -92,7 +57,7 @@ class UNetGenerator(nn.Module):
     def __init__(self, resolution: int, in_channels: int = 3, out_channels: int = 3, width: int = 64,
                  max_width: int = 512, norm: str = "instance", dropout: float = 0.5):
         super().__init__()
-        depth = _check_resolution(resolution)
+        depth = log2_int(resolution, low=4, high=1024)
         self.resolution, self.in_channels, self.out_channels = resolution, in_channels, out_channels
         ch = [min(width * 2 ** i, max_width) for i in range(depth)]
 
@@ -105,7 +70,7 @@ class UNetGenerator(nn.Module):
             self.downs.append(nn.Sequential(
                 nn.LeakyReLU(0.2),
                 nn.Conv2d(ch[i - 1], ch[i], 4, 2, 1, bias=innermost or norm == "none"),
-                _norm("none" if innermost else norm, ch[i]),
+                norm_layer("none" if innermost else norm, ch[i]),
             ))
 
         n_dropout = max(0, min(3, depth - 4)) if dropout > 0 else 0
@@ -116,11 +81,12 @@ class UNetGenerator(nn.Module):
             if k < 0:                               # outermost: to image channels
                 self.ups.append(nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c_in, out_channels, 4, 2, 1)))
                 continue
-            layers = [nn.ReLU(), nn.ConvTranspose2d(c_in, ch[k], 4, 2, 1, bias=norm == "none"), _norm(norm, ch[k])]
+            layers = [nn.ReLU(), nn.ConvTranspose2d(c_in, ch[k], 4, 2, 1, bias=norm == "none"),
+                      norm_layer(norm, ch[k])]
             if 1 <= j <= n_dropout:
                 layers.append(nn.Dropout(dropout))
             self.ups.append(nn.Sequential(*layers))
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -144,37 +110,24 @@ class UNetGenerator(nn.Module):
 # ----------------------------------------------------------------------------- discriminator
 
 
-class PatchDiscriminator(nn.Module):
+class PatchDiscriminator(PatchGAN):
     """Conditional PatchGAN: D(a, b) on concatenated channels -> patch logits [N, 1, h, w].
 
-    n_layers stride-2 convs (default: 3 as in the 70x70 PatchGAN, fewer for small images so
-    the patch grid stays >= 2x2), then a stride-1 conv and the 1-channel logit conv.
+    The shared PatchGAN (ganaug.models.layers) on in_channels + out_channels input channels;
+    n_layers defaults to 3 (the 70x70 PatchGAN), fewer for small images.
     """
 
     def __init__(self, resolution: int, in_channels: int = 3, out_channels: int = 3, width: int = 64,
                  max_width: int = 512, n_layers: int | None = None, norm: str = "instance",
                  spectral_norm: bool = False):
-        super().__init__()
-        depth = _check_resolution(resolution)
+        depth = log2_int(resolution, low=4, high=1024)
         if n_layers is None:
-            n_layers = max(1, min(3, depth - 2))
+            n_layers = patchgan_layers(depth)
+        super().__init__(in_channels + out_channels, width, max_width, n_layers, norm, spectral_norm)
         self.in_channels, self.out_channels = in_channels, out_channels
-        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
-        c = lambda i: min(width * 2 ** i, max_width)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels + out_channels, c(0), 4, 2, 1), nn.LeakyReLU(0.2)]
-        for i in range(1, n_layers + 1):
-            stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(c(i - 1), c(i), 4, stride, 1), _norm(norm, c(i)), nn.LeakyReLU(0.2)]
-        layers.append(nn.Conv2d(c(n_layers), 1, 4, 1, 1))
-        self.net = nn.Sequential(*layers)
-        _init_weights(self)
-        if spectral_norm:  # after init, so the parametrisation wraps the initialised weights
-            for m in self.net:
-                if isinstance(m, nn.Conv2d):
-                    sn(m)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([a, b], dim=1))
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(torch.cat([a, b], dim=1))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -197,14 +150,14 @@ class Pix2PixLoss(GANLoss):
     def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         x = self.ctx.augment(torch.cat([a, b], dim=1))
         a_aug, b_aug = x.split([a.shape[1], b.shape[1]], dim=1)
-        with _autocast(self.ctx):
+        with autocast(self.ctx):
             return D(a_aug, b_aug).float()
 
     def accumulate_gradients(self, phase: str, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         a, b = batch["a"], batch["b"]
         n = a.shape[0]
         if phase == "D":
-            with torch.no_grad(), _autocast(self.ctx):
+            with torch.no_grad(), autocast(self.ctx):
                 fake_b = unwrap(self.G)(a).float()
             a_parts, b_parts = [a, a], [b, fake_b]
             if self.ctx.use_gp:  # interpolates ride along in the same D forward
@@ -222,8 +175,7 @@ class Pix2PixLoss(GANLoss):
                 loss = loss + self.ctx.gp_weight * gp
                 stats["gp"] = gp.item()
             loss.backward()
-            stats.update(loss_d=loss.item(), d_real=real_l.mean().item(), d_fake=fake_l.mean().item(),
-                         d_real_sign=real_l.sign().mean().item())
+            stats.update(d_stats(loss, real_l, fake_l))
             return stats
         if phase == "Dreg":
             if self.ctx.r1_gamma <= 0:
@@ -236,9 +188,9 @@ class Pix2PixLoss(GANLoss):
             (r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every + logits.sum() * 0).backward()
             return {"r1": r1.item()}
         if phase == "G":
-            with _autocast(self.ctx):
+            with autocast(self.ctx):
                 fake_b = self.G(a).float()
-            with _frozen(unwrap(self.D)) as D_raw:
+            with frozen(unwrap(self.D)) as D_raw:
                 fake_l = self._d(D_raw, a, fake_b)
             adv = self.ctx.adversarial.g_loss(fake_l)
             l1 = F.l1_loss(fake_b, b)
@@ -252,9 +204,8 @@ class Pix2PixLoss(GANLoss):
 
 
 @register
-class Pix2Pix(GANFamily):
+class Pix2Pix(TranslationFamily):
     name = "pix2pix"
-    kind = "translation"
     paired = True  # batch source: A = source_transform(B) of the same rows
     generator_cls = UNetGenerator
     discriminator_cls = PatchDiscriminator
@@ -264,12 +215,6 @@ class Pix2Pix(GANFamily):
     def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
         return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
                 "width": model.width, "max_width": model.max_width, "norm": "instance", "dropout": 0.5}
-
-    @classmethod
-    def discriminator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
-        return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
-                "width": model.width, "max_width": model.max_width, "n_layers": None,
-                "norm": "none" if model.spectral_norm else "instance", "spectral_norm": model.spectral_norm}
 
     @classmethod
     def loss_kwargs(cls, model, data: DataInfo | None = None) -> dict[str, Any]:

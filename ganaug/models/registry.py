@@ -65,6 +65,22 @@ class GANFamily:
         return cls.discriminator_cls(**kwargs)
 
 
+class TranslationFamily(GANFamily):
+    """Base of the kind == "translation" families (pix2pix, cyclegan).
+
+    Their discriminators are PatchGANs built from the same keyword arguments: InstanceNorm,
+    or no norm when spectral norm is on.
+    """
+
+    kind = "translation"
+
+    @classmethod
+    def discriminator_kwargs(cls, model: ModelConfig, data: DataInfo) -> dict[str, Any]:
+        return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
+                "width": model.width, "max_width": model.max_width, "n_layers": None,
+                "norm": "none" if model.spectral_norm else "instance", "spectral_norm": model.spectral_norm}
+
+
 _REGISTRY: dict[str, type[GANFamily]] = {}
 
 

@@ -25,7 +25,6 @@ plus R1 instead (set `training.r1_gamma` > 0).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -33,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganaug.losses import GANLoss, LossContext, r1_penalty, set_requires_grad, unwrap
+from ganaug.losses import (
+    GANLoss,
+    LossContext,
+    autocast,
+    d_stats,
+    frozen,
+    r1_penalty,
+    unwrap,
+)
+from ganaug.models.layers import channels_at
 from ganaug.models.registry import DataInfo, GANFamily, register
 
 _LRELU_GAIN = math.sqrt(2.0)
@@ -46,10 +54,6 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
 
 def _normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
-
-
-def _channels(resolution: int, res: int, width: int, max_width: int) -> int:
-    return min(max_width, width * (resolution // res))
 
 
 def _check_resolution(resolution: int) -> int:
@@ -239,7 +243,7 @@ class StyleGAN2Generator(nn.Module):
         blocks = []
         in_ch = 0
         for r in (2 ** i for i in range(2, log2 + 1)):
-            out_ch = _channels(resolution, r, width, max_width)
+            out_ch = channels_at(r, resolution, width, max_width)
             blocks.append(SynthesisBlock(in_ch, out_ch, w_dim, r, channels))
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
@@ -372,13 +376,13 @@ class StyleGAN2Discriminator(nn.Module):
         log2 = _check_resolution(resolution)
         self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         self.mbstd_group = mbstd_group
-        self.from_rgb = EqualConv2d(channels, _channels(resolution, resolution, width, max_width), 1)
+        self.from_rgb = EqualConv2d(channels, channels_at(resolution, resolution, width, max_width), 1)
         self.blocks = nn.ModuleList(
-            DiscriminatorBlock(_channels(resolution, 2 ** i, width, max_width),
-                               _channels(resolution, 2 ** (i - 1), width, max_width))
+            DiscriminatorBlock(channels_at(2 ** i, resolution, width, max_width),
+                               channels_at(2 ** (i - 1), resolution, width, max_width))
             for i in range(log2, 2, -1)
         )
-        c4 = _channels(resolution, 4, width, max_width)
+        c4 = channels_at(4, resolution, width, max_width)
         self.conv = EqualConv2d(c4 + 1, c4, 3)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
         self.out = EqualLinear(c4, 1)
@@ -413,9 +417,6 @@ class StyleGAN2Loss(GANLoss):
     def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext):
         super().__init__(G, D, ctx)
 
-    def _ac(self):
-        return self.ctx.autocast() if self.ctx.autocast is not None else contextlib.nullcontext()
-
     def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if unwrap(self.G).num_classes == 0:
             return None
@@ -432,41 +433,31 @@ class StyleGAN2Loss(GANLoss):
         n = real.shape[0]
 
         if phase == "G":
-            D_raw = unwrap(self.D)
-            set_requires_grad(D_raw, False)   # D is not trained here: no grads, no DDP sync
-            try:
-                with self._ac():
+            with frozen(unwrap(self.D)) as D_raw:  # D is not trained here: no grads, no DDP sync
+                with autocast(self.ctx):
                     fake = self.G(self._z(batch), labels)
                     logits = D_raw(aug(fake), labels).float()
                 loss = adv.g_loss(logits)
                 loss.backward()
-            finally:
-                set_requires_grad(D_raw, True)
             return {"loss_g": float(loss.detach()), "d_fake": float(logits.detach().mean())}
 
         if phase == "D":
-            with torch.no_grad(), self._ac():
+            with torch.no_grad(), autocast(self.ctx):
                 fake = unwrap(self.G)(self._z(batch), labels)
             both_labels = None if labels is None else torch.cat([labels, labels])
-            with self._ac():
+            with autocast(self.ctx):
                 x = torch.cat([aug(real), aug(fake.detach().to(real.dtype))])
                 logits = self.D(x, both_labels, mbstd_chunk=n).float()
             real_logits, fake_logits = logits[:n], logits[n:]
             loss = adv.d_loss(real_logits, fake_logits)
             loss.backward()
-            rl = real_logits.detach()
-            return {
-                "loss_d": float(loss.detach()),
-                "d_real": float(rl.mean()),
-                "d_fake": float(fake_logits.detach().mean()),
-                "d_real_sign": float(rl.sign().mean()),
-            }
+            return d_stats(loss, real_logits, fake_logits)
 
         if phase == "Dreg":
             if self.ctx.r1_gamma <= 0:
                 return {}
             real_in = real.detach().requires_grad_(True)
-            with self._ac():
+            with autocast(self.ctx):
                 logits = self.D(aug(real_in), labels).float()
             r1 = r1_penalty(logits, real_in)
             loss = r1 * (self.ctx.r1_gamma / 2.0) * self.ctx.r1_every
