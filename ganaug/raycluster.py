@@ -7,6 +7,7 @@ fixture, a `ray job submit` entrypoint that called ray.init itself) is reused as
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 from ganaug.errors import UserError, find_user_error
@@ -17,6 +18,17 @@ from ganaug.errors import UserError, find_user_error
 # a cluster gets them from its own instance roles / secrets.
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
                   "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS")
+
+
+def _job_env_vars() -> dict:
+    """env_vars of the runtime_env a `ray job submit` entrypoint runs under ({} otherwise)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def ensure_ray(**init_kwargs):
@@ -36,7 +48,10 @@ def ensure_ray(**init_kwargs):
     # starve everything else (DESIGN §3).
     if (os.cpu_count() or 1) <= 8:
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+    # Under `ray job submit` the job's own runtime_env already applies to every worker, and
+    # Ray refuses a ray.init runtime_env that sets any of the same keys: forward only the rest.
+    job_env = _job_env_vars()
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k) and k not in job_env}
     kwargs = dict(init_kwargs)
     if env_vars and "runtime_env" not in kwargs:
         kwargs["runtime_env"] = {"env_vars": env_vars}
