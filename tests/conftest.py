@@ -82,5 +82,21 @@ def s3_prefix(s3) -> str:
     return s3.new_prefix()
 
 
+@pytest.fixture
+def cli_error(capsys):
+    """Run `ganaug ARGV...` in-process; assert exit 2 with ONE stderr line, and return it."""
+    from ganaug.cli import main
+
+    def run(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    return run
+
+
 # One Ray per session (DESIGN §3: startup costs); defined in ray_fixtures.py.
-from ray_fixtures import ray_session  # noqa: E402,F401
+from ray_fixtures import ray_session  # noqa: F401

@@ -78,15 +78,6 @@ def run_cli(capsys, argv: list[str]) -> dict:
     return json.loads(out[-1])  # the last stdout line is JSON
 
 
-def cli_error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 def _check_report(out: Path, summary: dict, expect_figures: set[str]) -> dict:
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
@@ -221,7 +212,7 @@ def test_gan_kshot_trains_a_gan_per_k(ckpt, cache_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------- errors
 
 
-def test_user_errors_are_one_line(ckpt, tmp_path, capsys):
+def test_user_errors_are_one_line(ckpt, tmp_path, cli_error):
     out = ["--out", str(tmp_path / "o")]
     cases = [
         (["evaluate", "--checkpoint", ckpt, *out], "--real is required"),
@@ -238,7 +229,7 @@ def test_user_errors_are_one_line(ckpt, tmp_path, capsys):
         (["evaluate", "--checkpoint", ckpt, "--real", REAL, "--run", str(tmp_path), *out], "no metrics.jsonl"),
     ]
     for argv, match in cases:
-        line = cli_error(capsys, argv)
+        line = cli_error(argv)
         assert match in line, (argv, line)
     assert not (tmp_path / "o").exists()
 

@@ -180,16 +180,7 @@ def test_filter_hook_overgenerates_deterministically(ckpts, monkeypatch):
     assert np.array_equal(sampler.generate([int(seeds[i])], [int(labels[i])])[0], whole[0][i])
 
 
-def _run_cli_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
-def test_cli_errors_before_work(ckpts, tmp_path, capsys):
+def test_cli_errors_before_work(ckpts, tmp_path, cli_error):
     ok = ["--checkpoint", ckpts["cgan"], "--out", str(tmp_path / "o")]
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -212,7 +203,7 @@ def test_cli_errors_before_work(ckpts, tmp_path, capsys):
     ]
     for argv, match in cases:
         t = time.time()
-        line = _run_cli_error(capsys, argv)
+        line = cli_error(argv)
         assert match in line, (argv, line)
         assert time.time() - t < 20
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("part-*"))
@@ -221,7 +212,7 @@ def test_cli_errors_before_work(ckpts, tmp_path, capsys):
 # ----------------------------------------------------------------------------- Ray Data
 
 @pytest.mark.timeout(300)
-def test_generate_local_schema_manifest_and_readers(reference, ckpts, capsys):
+def test_generate_local_schema_manifest_and_readers(reference, ckpts, capsys, cli_error):
     out, args = reference
     names = sorted(os.listdir(out))
     assert names == ["_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(N // R)]
@@ -267,7 +258,7 @@ def test_generate_local_schema_manifest_and_readers(reference, ckpts, capsys):
     summary = _cli_json(capsys, args)
     assert summary["generated_rows"] == 0 and summary["rows"] == N and summary["reused_shards"] == N // R
     # Different arguments into the same folder: refused with one line.
-    line = _run_cli_error(capsys, [a if a != "7" else "8" for a in args])
+    line = cli_error([a if a != "7" else "8" for a in args])
     assert "different arguments" in line and "seed" in line
 
 
