@@ -47,6 +47,8 @@ class ModelConfig:
     conditional: bool = True    # stylegan2: condition the mapping network on labels
     spectral_norm: bool = True  # spectral normalisation in D
     aux_classifier: float = 0.0  # cgan: weight of the ACGAN auxiliary loss (0 = off)
+    mbstd_group: int = 0        # cgan: minibatch-stddev group size in D (0 = off)
+    mode_seeking: float = 0.0   # cgan/dcgan: weight of the MSGAN mode-seeking term in G (0 = off)
     style_mixing: float = 0.9   # stylegan2: probability of mixing two w's in training
     res_blocks: int = 6         # cyclegan: ResNet blocks in each generator
     l1_weight: float = 100.0    # pix2pix: L1 weight
@@ -70,7 +72,8 @@ class ModelConfig:
         _check(1 <= self.mapping_layers <= 16, f"{prefix}.mapping_layers", self.mapping_layers, "1..16")
         _check(0 <= self.res_blocks <= 32, f"{prefix}.res_blocks", self.res_blocks, "0..32")
         _check(0.0 <= self.style_mixing <= 1.0, f"{prefix}.style_mixing", self.style_mixing, "a probability in [0, 1]")
-        for k in ("aux_classifier", "l1_weight", "cycle_weight", "identity_weight"):
+        _check(0 <= self.mbstd_group <= 64, f"{prefix}.mbstd_group", self.mbstd_group, "0 (off) .. 64")
+        for k in ("aux_classifier", "mode_seeking", "l1_weight", "cycle_weight", "identity_weight"):
             v = getattr(self, k)
             _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
 

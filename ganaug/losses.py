@@ -99,6 +99,14 @@ def gradient_penalty(d_logits_interp: torch.Tensor, interp: torch.Tensor) -> tor
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
+def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor, half: int) -> torch.Tensor:
+    """MSGAN's ratio (Mao et al. 2019): mean |G(z1) - G(z2)| / mean |z1 - z2| over the pairs
+    (row i, row i + half), which share a condition. G maximises it (the loss adds w / ratio),
+    so nearby latents may not all map to one image: a cure for mode collapse within a class."""
+    a, b = fake[:half].float(), fake[half:2 * half].float()
+    return (a - b).abs().flatten(1).mean(1).mean() / (z[:half] - z[half:2 * half]).abs().mean(1).mean()
+
+
 @dataclass
 class LossContext:
     """What every family loss needs besides its modules.
@@ -194,10 +202,11 @@ class NoiseGANLoss(GANLoss):
     device, which the training loop seeds per step.
     """
 
-    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, **kwargs):
+    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, mode_seeking: float = 0.0, **kwargs):
         super().__init__(G, D, ctx)
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}")
+        self.mode_seeking = float(mode_seeking)
         g = unwrap(G)
         self.z_dim = int(g.z_dim)
         self.conditional = int(getattr(g, "num_classes", 0)) > 0
@@ -206,10 +215,11 @@ class NoiseGANLoss(GANLoss):
     def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch["label"] if self.conditional else None
 
-    def _d_forward(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None):
-        """-> (logits [N] fp32, extra outputs or None)."""
+    def _d_forward(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, chunk: int):
+        """-> (logits [N] fp32, extra outputs or None). `x` is `len(x) // chunk` stacked batches
+        (reals, fakes, ...) of `chunk` rows each: D's minibatch statistics never mix them."""
         with autocast(self.ctx):
-            return D(x, labels).float(), None
+            return D(x, labels, mbstd_chunk=chunk).float(), None
 
     def _extra_d(self, extra, labels, n_real: int) -> tuple[torch.Tensor | None, dict[str, float]]:
         """Additional D-phase loss from `extra` (real rows come first); None = nothing."""
@@ -243,7 +253,7 @@ class NoiseGANLoss(GANLoss):
                 interp = torch.lerp(xf, xr, eps).requires_grad_(True)
                 x = torch.cat([x, interp])
             all_labels = None if labels is None else labels.repeat(x.shape[0] // n)
-            logits, extra = self._d_forward(self.D, x, all_labels)
+            logits, extra = self._d_forward(self.D, x, all_labels, n)
             chunks = logits.split(n)
             real_l, fake_l = chunks[0], chunks[1]
             loss = self.ctx.adversarial.d_loss(real_l, fake_l)
@@ -263,7 +273,7 @@ class NoiseGANLoss(GANLoss):
             if self.ctx.r1_gamma <= 0:
                 return {}
             real_req = real.detach().requires_grad_(True)
-            logits, extra = self._d_forward(self.D, self.ctx.augment(real_req), labels)
+            logits, extra = self._d_forward(self.D, self.ctx.augment(real_req), labels, n)
             r1 = r1_penalty(logits, real_req)
             # The zero terms keep biases (no second-order path) in the graph for DDP.
             loss = r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every + 0.0 * logits.sum() + self._touch(extra)
@@ -271,14 +281,23 @@ class NoiseGANLoss(GANLoss):
             return {"r1": r1.item()}
         if phase == "G":
             z = torch.randn(n, self.z_dim, device=real.device)
+            if self.mode_seeking > 0 and labels is not None and n >= 2:
+                # Rows i and i + n/2 share a label, so each pair measures how much z moves G(z, y).
+                half = n // 2
+                labels = torch.cat([labels[:half], labels[:half], labels[2 * half:]])
             with autocast(self.ctx):
                 fake = self.G(z, labels).to(real.dtype)
             with frozen(unwrap(self.D)) as D_raw:
-                logits, extra = self._d_forward(D_raw, self.ctx.augment(fake), labels)
+                logits, extra = self._d_forward(D_raw, self.ctx.augment(fake), labels, n)
             loss = self.ctx.adversarial.g_loss(logits)
+            stats = {}
+            if self.mode_seeking > 0 and n >= 2:
+                ms = mode_seeking_ratio(fake, z, n // 2)
+                loss = loss + self.mode_seeking / (ms + 1e-5)
+                stats["mode_seeking"] = ms.item()
             extra_loss, extra_stats = self._extra_g(extra, labels)
             if extra_loss is not None:
                 loss = loss + extra_loss
             loss.backward()
-            return {"loss_g": loss.item(), "d_fake_g": logits.mean().item(), **extra_stats}
+            return {"loss_g": loss.item(), "d_fake_g": logits.mean().item(), **stats, **extra_stats}
         raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")

@@ -168,3 +168,44 @@ def test_safetensors_round_trip(family, tmp_path):
                 orig = tr.D.eval()
                 assert torch.equal(fresh(x, y), orig(x, y))
                 orig.train()
+
+
+def test_cgan_minibatch_stddev_sees_batch_variety_but_never_mixes_chunks():
+    cfg = tiny_cfg("cgan")
+    cfg.model.mbstd_group = 4
+    fam = get_family("cgan")
+    info = DataInfo(16, 1, 10)
+    torch.manual_seed(0)
+    D = fam.build_discriminator(fam.discriminator_kwargs(cfg.model, info)).eval()
+    real, labels = torch.randn(8, 1, 16, 16), torch.arange(8) % 10
+    alone = D(real, labels, mbstd_chunk=8)
+    same = real[:1].expand(8, -1, -1, -1)  # a collapsed "fake" batch
+    both = D(torch.cat([real, same]), labels.repeat(2), mbstd_chunk=8)
+    torch.testing.assert_close(both[:8], alone)  # reals judged as if the fakes were not there
+    # Identical inputs with identical labels differ only through the batch statistic.
+    varied = D(torch.cat([real[:1], real[1:4]]), torch.zeros(4, dtype=torch.long), mbstd_chunk=4)
+    collapsed = D(same[:4], torch.zeros(4, dtype=torch.long), mbstd_chunk=4)
+    assert not torch.allclose(varied[0], collapsed[0])
+
+
+def test_mode_seeking_pairs_share_labels_and_log_the_ratio():
+    from ganaug.losses import mode_seeking_ratio
+
+    z = torch.zeros(4, 3)
+    z[2:] = 1.0  # |z1 - z2| = 1 per coordinate
+    x = torch.zeros(4, 1, 2, 2)
+    x[2:] = 0.5
+    assert mode_seeking_ratio(x, z, 2).item() == pytest.approx(0.5)
+
+    cfg = tiny_cfg("cgan")
+    cfg.model.mode_seeking = 1.0
+    images, labels, names = random_data()
+    tr = GANTrainer(cfg, images, labels, names)
+    seen = []
+    G = tr.G
+    hook = G.register_forward_hook(lambda m, args, out: seen.append(args[1].clone()) if m.training else None)
+    stats = tr.train_step()
+    hook.remove()
+    assert np.isfinite(stats["mode_seeking"]) and stats["mode_seeking"] > 0
+    g_labels = seen[-1]  # the G phase's labels: rows i and i + n/2 share one
+    assert torch.equal(g_labels[:4], g_labels[4:])

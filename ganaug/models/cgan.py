@@ -25,6 +25,7 @@ from ganaug.models.layers import (
     init_weights,
     log2_int,
     maybe_sn,
+    minibatch_stddev,
 )
 from ganaug.models.registry import DataInfo, GANFamily, register
 
@@ -121,20 +122,25 @@ class DBlock(nn.Module):
 
 
 class CGANDiscriminator(nn.Module):
-    """D(x, labels, return_aux=False) -> logits [N] (and ACGAN class logits [N, K])."""
+    """D(x, labels, return_aux=False, mbstd_chunk=None) -> logits [N] (and ACGAN class logits [N, K]).
+
+    With mbstd_group > 0 the last block also sees the minibatch standard deviation (ProGAN),
+    so a batch of near-identical fakes is told apart from a varied real batch.
+    """
 
     def __init__(self, num_classes: int, resolution: int, channels: int, width: int = 64, max_width: int = 256,
-                 spectral_norm: bool = True, aux_classes: int = 0):
+                 spectral_norm: bool = True, aux_classes: int = 0, mbstd_group: int = 0):
         super().__init__()
         n_down = log2_int(resolution, low=8, high=1024) - 2
-        self.num_classes, self.aux_classes = num_classes, aux_classes
+        self.num_classes, self.aux_classes, self.mbstd_group = num_classes, aux_classes, mbstd_group
         ch = lambda s: channels_at(s, resolution, width, max_width)
         blocks = []
         c_in, s = channels, resolution
         for i in range(n_down):
             blocks.append(DBlock(c_in, ch(s // 2), down=True, first=i == 0, sn=spectral_norm))
             c_in, s = ch(s // 2), s // 2
-        blocks.append(DBlock(c_in, c_in, down=False, first=False, sn=spectral_norm))  # one more at 4x4
+        # One more block at 4x4; it also sees the minibatch-stddev channel when mbstd_group > 0.
+        blocks.append(DBlock(c_in + (1 if mbstd_group > 0 else 0), c_in, down=False, first=False, sn=spectral_norm))
         self.blocks = nn.Sequential(*blocks)
         self.c_out = c_in
         self.linear = nn.Linear(c_in, 1)
@@ -148,8 +154,12 @@ class CGANDiscriminator(nn.Module):
         if self.aux is not None:
             maybe_sn(self.aux, spectral_norm)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, return_aux: bool = False):
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, return_aux: bool = False,
+                mbstd_chunk: int | None = None):
+        h = self.blocks[:-1](x)
+        if self.mbstd_group > 0:
+            h = minibatch_stddev(h, self.mbstd_group, mbstd_chunk)
+        h = F.relu(self.blocks[-1](h)).sum(dim=(2, 3))
         out = self.linear(h).squeeze(1)
         if labels is not None:
             out = out + (self.embed(labels.long()) * h).sum(dim=1)
@@ -164,16 +174,17 @@ class CGANDiscriminator(nn.Module):
 class CGANLoss(NoiseGANLoss):
     """Shared noise loss + optional ACGAN cross-entropy (weight `aux_weight`)."""
 
-    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, aux_weight: float = 0.0):
-        super().__init__(G, D, ctx)
+    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, aux_weight: float = 0.0,
+                 mode_seeking: float = 0.0):
+        super().__init__(G, D, ctx, mode_seeking=mode_seeking)
         self.aux_weight = float(aux_weight) if getattr(unwrap(D), "aux", None) is not None else 0.0
 
-    def _d_forward(self, D, x, labels):
+    def _d_forward(self, D, x, labels, chunk):
         with autocast(self.ctx):
             if self.aux_weight > 0:
-                out, aux = D(x, labels, return_aux=True)
+                out, aux = D(x, labels, return_aux=True, mbstd_chunk=chunk)
                 return out.float(), aux.float()
-            return D(x, labels).float(), None
+            return D(x, labels, mbstd_chunk=chunk).float(), None
 
     def _extra_d(self, extra, labels, n_real):
         if extra is None:
@@ -219,9 +230,9 @@ class CGAN(GANFamily):
         return {"num_classes": k, "resolution": data.resolution, "channels": data.channels,
                 "width": model.width, "max_width": model.max_width,
                 "spectral_norm": bool(model.spectral_norm),
-                "aux_classes": k if model.aux_classifier > 0 else 0}
+                "aux_classes": k if model.aux_classifier > 0 else 0, "mbstd_group": int(model.mbstd_group)}
 
     @classmethod
     def loss_kwargs(cls, model, data: DataInfo | None = None) -> dict[str, Any]:
         """Extra keyword arguments for loss_cls(G, D, ctx, **kwargs)."""
-        return {"aux_weight": float(model.aux_classifier)}
+        return {"aux_weight": float(model.aux_classifier), "mode_seeking": float(model.mode_seeking)}

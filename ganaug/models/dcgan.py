@@ -75,7 +75,8 @@ class DCGANDiscriminator(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 maybe_sn(m, spectral_norm)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                mbstd_chunk: int | None = None) -> torch.Tensor:
         return self.fc(self.features(x).flatten(1)).squeeze(1)
 
 
@@ -100,3 +101,7 @@ class DCGAN(GANFamily):
     def discriminator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
         return {"resolution": data.resolution, "channels": data.channels, "width": model.width,
                 "max_width": model.max_width, "spectral_norm": bool(model.spectral_norm)}
+
+    @classmethod
+    def loss_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
+        return {"mode_seeking": float(model.mode_seeking)}

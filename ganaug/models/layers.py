@@ -76,6 +76,22 @@ def init_weights(module: nn.Module, std: float = 0.02, *, kind: str = "normal") 
                 nn.init.zeros_(m.bias)
 
 
+def minibatch_stddev(x: torch.Tensor, group_size: int, chunk: int | None = None) -> torch.Tensor:
+    """Append one channel: the std over contiguous groups of samples, averaged over C, H, W.
+
+    The group is gcd(group_size, chunk) (chunk = N by default), so it divides any batch; when the
+    batch is [real; fake] pass chunk = len(real) so no group mixes reals with fakes.
+    """
+    n, c, h, w = x.shape
+    if chunk is None or chunk <= 0 or n % chunk:
+        chunk = n
+    g = math.gcd(group_size, chunk)
+    y = x.float().reshape(n // g, g, c, h, w)
+    y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])        # [N/g]
+    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
+    return torch.cat([x, y], dim=1)
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm whose per-channel gain and bias are predicted from a condition vector.
 

@@ -41,7 +41,7 @@ from ganaug.losses import (
     r1_penalty,
     unwrap,
 )
-from ganaug.models.layers import channels_at
+from ganaug.models.layers import channels_at, minibatch_stddev
 from ganaug.models.registry import DataInfo, GANFamily, register
 
 _LRELU_GAIN = math.sqrt(2.0)
@@ -349,22 +349,6 @@ class DiscriminatorBlock(nn.Module):
         y = self.skip(F.avg_pool2d(x, 2))
         x = self.conv1(self.conv0(x))
         return (x + y) * math.sqrt(0.5)
-
-
-def minibatch_stddev(x: torch.Tensor, group_size: int, chunk: int | None = None) -> torch.Tensor:
-    """Append one channel: the std over contiguous groups of samples, averaged over C, H, W.
-
-    The group is gcd(group_size, chunk) (chunk = N by default), so it divides any batch; when the
-    batch is [real; fake] pass chunk = len(real) so no group mixes reals with fakes.
-    """
-    n, c, h, w = x.shape
-    if chunk is None or chunk <= 0 or n % chunk:
-        chunk = n
-    g = math.gcd(group_size, chunk)
-    y = x.float().reshape(n // g, g, c, h, w)
-    y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])        # [N/g]
-    y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
-    return torch.cat([x, y], dim=1)
 
 
 class StyleGAN2Discriminator(nn.Module):
