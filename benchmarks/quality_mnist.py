@@ -44,15 +44,15 @@ if str(REPO) not in sys.path:
 MNIST_DIR = (REPO / ".." / "shared" / "data" / "mnist").resolve()
 FAMILIES = ("cgan", "stylegan2")
 # Overrides on top of the presets for a starved CPU (2 shared cores): 16 px, narrow nets, small
-# batches (more steps per second), no DiffAugment (a few thousand images seen cannot overfit D),
-# ACGAN head on for cgan (class information is learned in fewer steps). The presets themselves
+# batches (more steps per second). The cgan preset's mode-seeking term and ACGAN head stay on:
+# without the first, G ignores z within a class (val CAS 0.56-0.60, diversity ratio ~0.2); with it
+# 0.91, and with both 0.94 at 4,000 steps (--split val tuning, 1 thread). The presets themselves
 # stay sized for a GPU run. Recorded in the summary as the config actually used.
 PROFILES = {
     "preset": {"resolution": 0, "cgan": [], "stylegan2": []},
     "cpu-small": {
         "resolution": 16,
-        "cgan": ["model.width=16", "model.max_width=64", "training.batch_size=32", "model.aux_classifier=1.0",
-                 "training.lr_g=0.0005", "training.lr_d=0.0005", "training.augment="],
+        "cgan": ["model.width=16", "model.max_width=64", "training.batch_size=32"],
         "stylegan2": ["model.width=16", "model.max_width=64", "training.batch_size=32", "training.r1_gamma=0.1",
                       "training.augment="],
     },
