@@ -244,10 +244,15 @@ def quiet_ray_defaults() -> None:
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, command: str | None = None) -> None:
+    """`ganaug ARGV`; with `command`, that subcommand alone (the `python -m jobs.X` entrypoints,
+    whose usage line must read `python -m jobs.X`, not `python -m jobs.X X`)."""
     quiet_ray_defaults()
+    target, prog = cli, None
+    if command is not None:
+        target, prog = cli.commands[command], f"python -m jobs.{command}"
     try:
-        cli.main(args=argv, standalone_mode=False)
+        target.main(args=argv, prog_name=prog, standalone_mode=False, help_option_names=["-h", "--help"])
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -8,4 +8,4 @@ import sys
 from ganaug.cli import main
 
 if __name__ == "__main__":
-    main(["generate", *sys.argv[1:]])
+    main(sys.argv[1:], command="generate")

@@ -9,4 +9,4 @@ import sys
 from ganaug.cli import main
 
 if __name__ == "__main__":
-    main(["train", *sys.argv[1:]])
+    main(sys.argv[1:], command="train")

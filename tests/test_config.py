@@ -77,3 +77,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_runconfig_is_plain_dataclass():
     assert RunConfig().model.family == "cgan"
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "translate", "evaluate"])
+def test_job_entrypoints_name_themselves(command, capsys):
+    """`python -m jobs.X -h` shows `python -m jobs.X` (not `... X X`), and a bad flag is one line naming it."""
+    from ganaug.cli import main
+
+    main(["-h"], command=command)  # help returns normally
+    assert capsys.readouterr().out.startswith(f"Usage: python -m jobs.{command} [OPTIONS]")
+    with pytest.raises(SystemExit) as e:
+        main(["--no-such-flag"], command=command)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: python -m jobs.{command}: No such option '--no-such-flag'.")
