@@ -48,7 +48,7 @@ class ModelConfig:
     spectral_norm: bool = True  # spectral normalisation in D
     aux_classifier: float = 0.0  # cgan: weight of the ACGAN auxiliary loss (0 = off)
     mbstd_group: int = 0        # cgan: minibatch-stddev group size in D (0 = off)
-    mode_seeking: float = 1.0   # cgan/dcgan: weight of the MSGAN term against mode collapse (0 = off)
+    mode_seeking: float = 1.0   # noise families: weight of the MSGAN term against mode collapse (0 = off)
     style_mixing: float = 0.9   # stylegan2: probability of mixing two w's in training
     res_blocks: int = 6         # cyclegan: ResNet blocks in each generator
     l1_weight: float = 100.0    # pix2pix: L1 weight

@@ -107,6 +107,14 @@ def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor, half: int) -> torch.
     return (a - b).abs().flatten(1).mean(1).mean() / (z[:half] - z[half:2 * half]).abs().mean(1).mean()
 
 
+def paired_labels(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Labels where rows i and i + n//2 share one (the first half's), for `mode_seeking_ratio`."""
+    if labels is None or labels.shape[0] < 2:
+        return labels
+    half = labels.shape[0] // 2
+    return torch.cat([labels[:half], labels[:half], labels[2 * half:]])
+
+
 @dataclass
 class LossContext:
     """What every family loss needs besides its modules.
@@ -281,10 +289,8 @@ class NoiseGANLoss(GANLoss):
             return {"r1": r1.item()}
         if phase == "G":
             z = torch.randn(n, self.z_dim, device=real.device)
-            if self.mode_seeking > 0 and labels is not None and n >= 2:
-                # Rows i and i + n/2 share a label, so each pair measures how much z moves G(z, y).
-                half = n // 2
-                labels = torch.cat([labels[:half], labels[:half], labels[2 * half:]])
+            if self.mode_seeking > 0:
+                labels = paired_labels(labels)
             with autocast(self.ctx):
                 fake = self.G(z, labels).to(real.dtype)
             with frozen(unwrap(self.D)) as D_raw:

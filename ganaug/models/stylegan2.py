@@ -38,6 +38,8 @@ from ganaug.losses import (
     autocast,
     d_stats,
     frozen,
+    mode_seeking_ratio,
+    paired_labels,
     r1_penalty,
     unwrap,
 )
@@ -398,8 +400,9 @@ class StyleGAN2Loss(GANLoss):
     Each phase runs exactly one forward through the module it trains, then one backward.
     """
 
-    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext):
+    def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, mode_seeking: float = 0.0):
         super().__init__(G, D, ctx)
+        self.mode_seeking = float(mode_seeking)
 
     def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if unwrap(self.G).num_classes == 0:
@@ -417,13 +420,21 @@ class StyleGAN2Loss(GANLoss):
         n = real.shape[0]
 
         if phase == "G":
+            z = self._z(batch)
+            stats = {}
+            if self.mode_seeking > 0:  # conditioning alone collapses small classes: see losses.mode_seeking_ratio
+                labels = paired_labels(labels)
             with frozen(unwrap(self.D)) as D_raw:  # D is not trained here: no grads, no DDP sync
                 with autocast(self.ctx):
-                    fake = self.G(self._z(batch), labels)
+                    fake = self.G(z, labels)
                     logits = D_raw(aug(fake), labels).float()
                 loss = adv.g_loss(logits)
+                if self.mode_seeking > 0 and n >= 2:
+                    ms = mode_seeking_ratio(fake, z, n // 2)
+                    loss = loss + self.mode_seeking / (ms + 1e-5)
+                    stats["mode_seeking"] = float(ms.detach())
                 loss.backward()
-            return {"loss_g": float(loss.detach()), "d_fake": float(logits.detach().mean())}
+            return {"loss_g": float(loss.detach()), "d_fake": float(logits.detach().mean()), **stats}
 
         if phase == "D":
             with torch.no_grad(), autocast(self.ctx):
@@ -492,3 +503,7 @@ class StyleGAN2Family(GANFamily):
             "num_classes": cls._num_classes(model, data),
             "mbstd_group": 4,
         }
+
+    @classmethod
+    def loss_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
+        return {"mode_seeking": float(model.mode_seeking)}
