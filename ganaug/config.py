@@ -33,6 +33,15 @@ def _power_of_two(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
 
+# What a config written before a key existed meant by leaving it out: the behaviour of that
+# older ganaug. Comparing a stored run's config against a new one uses these, so an upgrade does
+# not refuse to resume over a key whose old meaning equals the new value.
+ABSENT_MEANS = {
+    "model.mbstd_group": 0,
+    "model.mode_seeking": 0.0,   # the default became 1.0 (MSGAN term) after runs existed
+}
+
+
 @dataclass
 class ModelConfig:
     """Architecture settings. Each family reads the fields it needs (see ganaug/models/)."""

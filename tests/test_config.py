@@ -90,3 +90,14 @@ def test_job_entrypoints_name_themselves(command, capsys):
         main(["--no-such-flag"], command=command)
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == (f"error: python -m jobs.{command}: No such option '--no-such-flag'.")
+
+
+def test_resume_check_reads_keys_older_runs_lack_as_their_old_meaning():
+    from ganaug.training.worker import _diff_sections
+
+    old = {"model": {"family": "cgan", "width": 16}, "data": {"spec": "builtin:digits"}}
+    same = {"model": {"family": "cgan", "width": 16, "mbstd_group": 0, "mode_seeking": 0.0},
+            "data": {"spec": "builtin:digits", "skip_bad": True}}
+    assert _diff_sections(old, same) == []
+    changed = {**same, "model": {**same["model"], "mode_seeking": 1.0, "width": 32}}
+    assert _diff_sections(old, changed) == ["model.mode_seeking: absent (= 0.0) -> 1.0", "model.width: 16 -> 32"]

@@ -107,15 +107,22 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
 
 
 def _diff_sections(old: dict, new: dict, sections=("model", "data")) -> list[str]:
-    """'model.width: 16 -> 32' for each key whose value changed (skip_bad does not count)."""
+    """'model.width: 16 -> 32' for each key whose value changed (skip_bad does not count).
+
+    A key the stored config lacks (written by an older ganaug) stands for its ABSENT_MEANS value."""
+    from ganaug.config import ABSENT_MEANS
+
     out = []
     for sec in sections:
         a, b = old.get(sec) or {}, new.get(sec) or {}
         for k in sorted(set(a) | set(b)):
             if sec == "data" and k == "skip_bad":
                 continue
-            if a.get(k) != b.get(k):
-                out.append(f"{sec}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+            key = f"{sec}.{k}"
+            va = a.get(k, ABSENT_MEANS.get(key))
+            if va != b.get(k):
+                shown = repr(va) if k in a else f"absent (= {va!r})" if key in ABSENT_MEANS else "absent"
+                out.append(f"{key}: {shown} -> {b.get(k)!r}")
     return out
 
 
