@@ -193,14 +193,14 @@ def sample_filtered(ckpt: str, num: int, truncation: float, spec: str):
     data (the training split), never on the held-out rows."""
     import numpy as np
 
+    from ganaug.evaluation import uniform_labels
     from ganaug.generation import candidates_drawn, generate_rows, parse_filter
-    from ganaug.labels import PlanContext, parse_plan
     from ganaug.sampling import Sampler
 
     sampler = Sampler.from_checkpoint(ckpt, device="cpu")
     entry, arg = parse_filter(spec, sampler)
     image_filter = entry.build(arg, sampler)
-    labels = parse_plan("uniform", PlanContext(num, sampler.num_classes, list(sampler.class_names))).labels()
+    labels = uniform_labels(sampler, num)
     images = np.empty((num, sampler.resolution, sampler.resolution, sampler.channels), np.uint8)
     candidates = fallback = 0
     for a in range(0, num, 1024):

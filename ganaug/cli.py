@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> None:
     if command is not None:
         target, prog = cli.commands[command], f"python -m jobs.{command}"
     try:
-        target.main(args=argv, prog_name=prog, standalone_mode=False, help_option_names=["-h", "--help"])
+        target.main(args=argv, prog_name=prog, standalone_mode=False,
+                    help_option_names=cli.context_settings["help_option_names"])
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

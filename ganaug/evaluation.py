@@ -204,13 +204,18 @@ def synthetic_spec(uri: str) -> str:
     return uri if uri.startswith(_DATASET_SCHEMES) else f"parquet:{uri}"
 
 
-def sample_balanced(sampler, num: int, seed: int, truncation: float,
-                    echo: Callable[[str], None] | None = None) -> Arrays:
-    """Rows 0..num-1 of `ganaug generate --labels uniform --seed S`: seed S+i, label i mod K."""
+def uniform_labels(sampler, num: int) -> np.ndarray:
+    """The labels of rows 0..num-1 under `ganaug generate --labels uniform`."""
     from ganaug.labels import PlanContext, parse_plan
 
     k = sampler.num_classes if sampler.conditional else 0
-    labels = parse_plan("uniform", PlanContext(num, k, list(sampler.class_names))).labels()
+    return parse_plan("uniform", PlanContext(num, k, list(sampler.class_names))).labels()
+
+
+def sample_balanced(sampler, num: int, seed: int, truncation: float,
+                    echo: Callable[[str], None] | None = None) -> Arrays:
+    """Rows 0..num-1 of `ganaug generate --labels uniform --seed S`: seed S+i, label i mod K."""
+    labels = uniform_labels(sampler, num)
     images = np.empty((num, sampler.resolution, sampler.resolution, sampler.channels), np.uint8)
     step, t0, last = 1024, time.time(), 0.0
     for a in range(0, num, step):

@@ -107,6 +107,15 @@ def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor, half: int) -> torch.
     return (a - b).abs().flatten(1).mean(1).mean() / (z[:half] - z[half:2 * half]).abs().mean(1).mean()
 
 
+def mode_seeking_loss(weight: float, fake: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor | float, dict]:
+    """The G-phase MSGAN term weight / ratio (rows paired by `paired_labels`) and its logged ratio;
+    (0.0, {}) when off or when the batch has no pair."""
+    if weight <= 0 or fake.shape[0] < 2:
+        return 0.0, {}
+    ms = mode_seeking_ratio(fake, z, fake.shape[0] // 2)
+    return weight / (ms + 1e-5), {"mode_seeking": ms.item()}
+
+
 def paired_labels(labels: torch.Tensor | None) -> torch.Tensor | None:
     """Labels where rows i and i + n//2 share one (the first half's), for `mode_seeking_ratio`."""
     if labels is None or labels.shape[0] < 2:
@@ -295,12 +304,8 @@ class NoiseGANLoss(GANLoss):
                 fake = self.G(z, labels).to(real.dtype)
             with frozen(unwrap(self.D)) as D_raw:
                 logits, extra = self._d_forward(D_raw, self.ctx.augment(fake), labels, n)
-            loss = self.ctx.adversarial.g_loss(logits)
-            stats = {}
-            if self.mode_seeking > 0 and n >= 2:
-                ms = mode_seeking_ratio(fake, z, n // 2)
-                loss = loss + self.mode_seeking / (ms + 1e-5)
-                stats["mode_seeking"] = ms.item()
+            ms_loss, stats = mode_seeking_loss(self.mode_seeking, fake, z)
+            loss = self.ctx.adversarial.g_loss(logits) + ms_loss
             extra_loss, extra_stats = self._extra_g(extra, labels)
             if extra_loss is not None:
                 loss = loss + extra_loss

@@ -38,7 +38,7 @@ from ganaug.losses import (
     autocast,
     d_stats,
     frozen,
-    mode_seeking_ratio,
+    mode_seeking_loss,
     paired_labels,
     r1_penalty,
     unwrap,
@@ -421,18 +421,14 @@ class StyleGAN2Loss(GANLoss):
 
         if phase == "G":
             z = self._z(batch)
-            stats = {}
             if self.mode_seeking > 0:  # conditioning alone collapses small classes: see losses.mode_seeking_ratio
                 labels = paired_labels(labels)
             with frozen(unwrap(self.D)) as D_raw:  # D is not trained here: no grads, no DDP sync
                 with autocast(self.ctx):
                     fake = self.G(z, labels)
                     logits = D_raw(aug(fake), labels).float()
-                loss = adv.g_loss(logits)
-                if self.mode_seeking > 0 and n >= 2:
-                    ms = mode_seeking_ratio(fake, z, n // 2)
-                    loss = loss + self.mode_seeking / (ms + 1e-5)
-                    stats["mode_seeking"] = float(ms.detach())
+                ms_loss, stats = mode_seeking_loss(self.mode_seeking, fake, z)
+                loss = adv.g_loss(logits) + ms_loss
                 loss.backward()
             return {"loss_g": float(loss.detach()), "d_fake": float(logits.detach().mean()), **stats}
 
