@@ -387,8 +387,9 @@ class GANTrainer:
         for phase, opt in (("D", self.opt_d), ("Dreg", self.opt_d), ("G", self.opt_g), ("Greg", self.opt_g)):
             if not self.loss.wants_phase(phase, self.step):
                 continue
-            set_requires_grad(G_raw, phase == "G")
-            set_requires_grad(D_raw, phase != "G")
+            trains_g = phase in ("G", "Greg")
+            set_requires_grad(G_raw, trains_g)
+            set_requires_grad(D_raw, not trains_g)
             opt.zero_grad(set_to_none=True)
             s = self.loss.accumulate_gradients(phase, batch, self.step)
             if s:  # {} means the phase had nothing to do (no backward)
