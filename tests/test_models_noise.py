@@ -209,3 +209,29 @@ def test_mode_seeking_pairs_share_labels_and_log_the_ratio():
     assert np.isfinite(stats["mode_seeking"]) and stats["mode_seeking"] > 0
     g_labels = seen[-1]  # the G phase's labels: rows i and i + n/2 share one
     assert torch.equal(g_labels[:4], g_labels[4:])
+
+
+def test_conditional_bn_starts_as_plain_batchnorm():
+    """The class-conditional gains/biases start at zero (so CBN starts as BN, as its docstring says);
+    the generator's xavier init used to overwrite them."""
+    _, G, _, _, _ = build("cgan", 16, 1)
+    from ganaug.models.layers import ConditionalBatchNorm2d
+
+    cbns = [m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert cbns
+    for m in cbns:
+        for lin in (m.gain, m.bias):
+            assert torch.count_nonzero(lin.weight) == 0 and torch.count_nonzero(lin.bias) == 0
+    convs = [m for m in G.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.weight.abs().sum() > 0 for m in convs)  # the rest is still initialised
+
+
+def test_trainer_rejects_a_batch_the_mbstd_group_does_not_divide():
+    from ganaug.errors import UserError
+    from ganaug.training import GANTrainer
+
+    cfg = tiny_cfg("cgan")
+    cfg.model.mbstd_group, cfg.training.batch_size = 4, 6
+    images, labels, names = random_data()
+    with pytest.raises(UserError, match="training.batch_size.*minibatch-stddev group 4 does not divide"):
+        GANTrainer(cfg.validate(), images, labels, names)

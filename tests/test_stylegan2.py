@@ -301,3 +301,38 @@ def test_phases_under_ddp(tmp_path):
                 opt.step()
     finally:
         dist.destroy_process_group()
+
+
+def test_class_w_avg_starts_from_the_first_batch():
+    G = make_g(num_classes=3).train()
+    G.style_mixing = 0.0
+    z, y = torch.randn(6, 16), torch.tensor([0, 0, 1, 1, 1, 0])
+    with torch.no_grad():
+        w = G.mapping(z, y)
+        G.mapping_ws(z, y)
+    torch.testing.assert_close(G.w_avg_class[0], w[y == 0].mean(0))
+    torch.testing.assert_close(G.w_avg_class[1], w[y == 1].mean(0))
+    assert torch.equal(G.w_avg_class[2], torch.zeros(16))   # class 2 not seen yet
+    with torch.no_grad():  # later batches are an EMA again
+        G.mapping_ws(z, y)
+    torch.testing.assert_close(G.w_avg_class[0], w[y == 0].mean(0))
+
+
+def test_path_length_regularisation_phase():
+    """Greg: lazy (every pl_every steps), fp32, moves G's weights and pl_mean, saved in the loss state."""
+    G, D = make_g(num_classes=3), make_d(num_classes=3)
+    ctx = LossContext(adversarial=make_adversarial_loss("ns"), augment=lambda x: x, pl_weight=2.0, pl_every=4,
+                      autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    loss = StyleGAN2Loss(G, D, ctx)
+    assert loss.wants_phase("Greg", 0) and not loss.wants_phase("Greg", 1) and loss.wants_phase("Greg", 8)
+    batch = {"image": torch.rand(8, 1, 16, 16) * 2 - 1, "label": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
+    stats = loss.accumulate_gradients("Greg", batch, 0)
+    assert stats["pl_length"] > 0 and stats["pl_mean"] == pytest.approx(0.01 * stats["pl_length"], rel=1e-5)
+    assert all(p.grad is not None for p in G.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in G.mapping.parameters()) > 0
+    state = loss.state_dict()
+    fresh = StyleGAN2Loss(G, D, ctx)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.pl_mean, loss.pl_mean)
+    off = StyleGAN2Loss(G, D, LossContext(adversarial=make_adversarial_loss("ns"), augment=lambda x: x))
+    assert not off.wants_phase("Greg", 0) and off.accumulate_gradients("Greg", batch, 0) == {}
