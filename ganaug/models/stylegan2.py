@@ -50,6 +50,10 @@ from ganaug.models.layers import channels_at, minibatch_stddev
 from ganaug.models.registry import DataInfo, GANFamily, register
 
 _LRELU_GAIN = math.sqrt(2.0)
+# Inference (eval mode) fuses the per-sample weights into one grouped conv, as the reference does;
+# training always modulates activations around the shared conv. benchmarks/stylegan2_sampling.py
+# reports both forms.
+FUSED_INFERENCE = True
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +166,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, fused=not self.training)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, fused=FUSED_INFERENCE and not self.training)
         if self.training:
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
         else:
@@ -183,7 +187,7 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=not self.training)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=FUSED_INFERENCE and not self.training)
         return x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
 
 
