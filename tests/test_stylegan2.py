@@ -135,11 +135,15 @@ def test_train_mode_noise_is_random_eval_is_fixed():
     assert torch.equal(c, d)
 
 
-@pytest.mark.parametrize("num_classes", [0, 10])
-def test_eval_fixed_chunk_invariance(num_classes):
+@pytest.mark.parametrize("num_classes,fused", [(0, False), (10, False), (10, True)])
+def test_eval_fixed_chunk_invariance(num_classes, fused, monkeypatch):
     """The Sampler's guarantee: in a fixed-size chunk (sampling.CHUNK rows), a row's bytes depend
-    only on its own (z, label, truncation): not on its neighbours, nor on its position."""
+    only on its own (z, label, truncation): not on its neighbours, nor on its position. For both
+    inference conv forms (the shared conv, CPU's default, and the fused grouped conv)."""
+    from ganaug.models import stylegan2
     from ganaug.sampling import CHUNK
+
+    monkeypatch.setattr(stylegan2, "FUSED_INFERENCE", fused)
 
     G = make_g(resolution=32, channels=3, num_classes=num_classes).eval()
     with torch.no_grad():

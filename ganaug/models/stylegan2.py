@@ -50,10 +50,16 @@ from ganaug.models.layers import channels_at, minibatch_stddev
 from ganaug.models.registry import DataInfo, GANFamily, register
 
 _LRELU_GAIN = math.sqrt(2.0)
-# Inference (eval mode) fuses the per-sample weights into one grouped conv, as the reference does;
-# training always modulates activations around the shared conv. benchmarks/stylegan2_sampling.py
-# reports both forms.
-FUSED_INFERENCE = True
+# Inference (eval mode) on CUDA fuses the per-sample weights into one grouped conv, as the reference
+# does; on CPU the shared-conv form measured ~2x faster (benchmarks/stylegan2_sampling.py reports
+# both). None = that rule; True / False force one form. Training always uses the shared conv.
+FUSED_INFERENCE: bool | None = None
+
+
+def _fused(x: torch.Tensor, training: bool) -> bool:
+    if training:
+        return False
+    return x.is_cuda if FUSED_INFERENCE is None else bool(FUSED_INFERENCE)
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +172,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, fused=FUSED_INFERENCE and not self.training)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, fused=_fused(x, self.training))
         if self.training:
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
         else:
@@ -187,7 +193,7 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=FUSED_INFERENCE and not self.training)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=_fused(x, self.training))
         return x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
 
 
