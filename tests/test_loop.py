@@ -445,3 +445,34 @@ def test_ddp_resume_mid_ada_interval_is_exact(tmp_path):
             if r == 0 or "w_avg" not in k:
                 assert torch.equal(fa[k], fb[k]), (r, k)
         assert torch.equal(out["a"]["loss"]["ranks"][0]["pl_mean"], out["b"]["loss"]["ranks"][0]["pl_mean"])
+
+
+PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "configs")
+
+
+@pytest.mark.parametrize("family", ["dcgan", "cgan", "stylegan2", "pix2pix", "cyclegan"])
+def test_every_family_trains_at_64px_rgb_from_its_preset(family):
+    """The 64-px RGB presets load, and each family trains a few steps at 64 px RGB (tiny widths);
+    the 128-px presets load too."""
+    from ganaug.config import load_config
+
+    tiny = ["model.width=4", "model.max_width=16", "model.z_dim=8", "model.w_dim=8", "model.embed_dim=4",
+            "model.res_blocks=1", "model.pool_size=4", "training.batch_size=4", "training.r1_every=2",
+            "training.pl_every=2", "training.augment=color,translation", "training.ada_p=0.2"]
+    cfg = load_config(os.path.join(PRESETS, f"{family}-64.yaml"), tiny)
+    assert (cfg.data.resolution, cfg.data.channels) == (64, 3)
+    if family == "stylegan2":
+        assert cfg.training.r1_gamma > 0 and cfg.training.pl_weight > 0  # both regularisers run
+    assert load_config(os.path.join(PRESETS, f"{family}-128.yaml")).data.resolution == 128
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    tr = GANTrainer(cfg, images, np.arange(8) % 2, ["a", "b"])
+    for _ in range(2):
+        stats = tr.train_step()
+    assert np.isfinite(stats["loss_g"]) and np.isfinite(stats["loss_d"])
+    if tr.family.kind == "noise":
+        out = tr.sample(torch.randn(2, tr.G_ema.z_dim), torch.tensor([0, 1]))
+    else:
+        with torch.no_grad():
+            out = tr.G_ema(torch.from_numpy(images[:2]).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert out.shape == (2, 3, 64, 64) and torch.isfinite(out).all()
