@@ -57,12 +57,10 @@ def init_weights(module: nn.Module, std: float = 0.02, *, kind: str = "normal") 
     """Initialise convs/linears: "normal" = N(0, std) (DCGAN), "xavier" = Xavier-uniform
     (SNGAN/BigGAN); norm scales N(1, std) for "normal", 1 for "xavier"; biases zero.
 
-    Embeddings are left to their owners, and so is any module marked `_keep_init` (conditional
-    gains must start at a known value).
+    Embeddings are left to their owners. Linear layers inside ConditionalBatchNorm2d are
+    initialised too (BigGAN's reference does the same).
     """
     for m in module.modules():
-        if getattr(m, "_keep_init", False):
-            continue  # e.g. conditional-BN projections, which must start at zero
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             if kind == "xavier":
                 nn.init.xavier_uniform_(m.weight)
@@ -110,11 +108,12 @@ def minibatch_stddev(x: torch.Tensor, group_size: int, chunk: int | None = None)
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm whose per-channel gain and bias are predicted from a condition vector.
 
-    out = BN(x) * (1 + gain(c)) + bias(c), with BN affine-free. The gain/bias projections
-    start at zero, so at init this is a plain BatchNorm (de Vries et al. 2017; BigGAN uses a
-    shared class embedding as c). Owners' weight inits (`init_weights`) leave these two
-    projections alone (see `_keep_init`). In eval mode BN uses its running statistics, so each
-    output depends only on its own input and condition (batch-size invariance).
+    out = BN(x) * (1 + gain(c)) + bias(c), with BN affine-free (de Vries et al. 2017; BigGAN uses
+    a shared class embedding as c). The gain/bias projections are zero until the owner runs its
+    weight init; as in BigGAN, whose ccbn layers take the generator's global init, the owners
+    (cgan) then initialise them like every other linear layer (`init_weights`), so classes
+    differ from the first step. In eval mode BN uses its running
+    statistics, so each output depends only on its own input and condition (batch-size invariance).
     """
 
     def __init__(self, num_features: int, cond_dim: int, momentum: float = 0.1, eps: float = 1e-5):
@@ -125,7 +124,6 @@ class ConditionalBatchNorm2d(nn.Module):
         for lin in (self.gain, self.bias):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-            lin._keep_init = True  # init_weights must not overwrite the identity start
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.bn(x)
