@@ -23,31 +23,41 @@ import torch
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- ops
-# Each op: (x [N, C, H, W] in [-1, 1], mask [N] bool of the samples to augment) -> x'.
+# Each op: (x [N, C, H, W] in [-1, 1], mask [N] bool of the samples to augment, groups) -> x'.
+# `groups` (channel counts summing to C, or None = one group) splits x into images that share
+# every random draw but keep their own colour statistics, e.g. pix2pix's (A | B) pairs.
+
+
+def _group_mean(x: torch.Tensor, groups, dims) -> torch.Tensor:
+    """Mean over `dims` (which include the channel dim 1) within each channel group, broadcast back."""
+    if groups is None:
+        return x.mean(dim=dims, keepdim=True)
+    parts = [p.mean(dim=dims, keepdim=True).expand_as(p) for p in x.split(list(groups), dim=1)]
+    return torch.cat(parts, dim=1)
 
 
 def _where(mask: torch.Tensor, aug: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], aug, x)
 
 
-def brightness(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def brightness(x: torch.Tensor, mask: torch.Tensor, groups=None) -> torch.Tensor:
     shift = torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) - 0.5
     return _where(mask, x + shift, x)
 
 
-def saturation(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = x.mean(dim=1, keepdim=True)
+def saturation(x: torch.Tensor, mask: torch.Tensor, groups=None) -> torch.Tensor:
+    mean = _group_mean(x, groups, (1,))
     scale = torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) * 2
     return _where(mask, (x - mean) * scale + mean, x)
 
 
-def contrast(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+def contrast(x: torch.Tensor, mask: torch.Tensor, groups=None) -> torch.Tensor:
+    mean = _group_mean(x, groups, (1, 2, 3))
     scale = torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) + 0.5
     return _where(mask, (x - mean) * scale + mean, x)
 
 
-def translation(x: torch.Tensor, mask: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+def translation(x: torch.Tensor, mask: torch.Tensor, groups=None, ratio: float = 0.125) -> torch.Tensor:
     """Shift by up to ratio * size pixels in each axis, filling with zeros (mid-grey)."""
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
@@ -63,7 +73,7 @@ def translation(x: torch.Tensor, mask: torch.Tensor, ratio: float = 0.125) -> to
     return padded.permute(0, 2, 3, 1)[gb, gy, gx].permute(0, 3, 1, 2)
 
 
-def cutout(x: torch.Tensor, mask: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+def cutout(x: torch.Tensor, mask: torch.Tensor, groups=None, ratio: float = 0.5) -> torch.Tensor:
     """Zero a random square of ratio * size (centre anywhere, clipped at the border)."""
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
@@ -76,7 +86,7 @@ def cutout(x: torch.Tensor, mask: torch.Tensor, ratio: float = 0.5) -> torch.Ten
     return x * keep[:, None].to(x.dtype)
 
 
-POLICIES: dict[str, list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+POLICIES: dict[str, list[Callable[..., torch.Tensor]]] = {
     "color": [brightness, saturation, contrast],
     "translation": [translation],
     "cutout": [cutout],
@@ -112,13 +122,17 @@ class AugmentPipe:
     def adaptive(self) -> bool:
         return self.target > 0 and bool(self.policies)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, groups: Sequence[int] | None = None) -> torch.Tensor:
+        """aug(x); `groups` (channel counts) marks stacked images that share the draws but
+        take colour means apart (see the ops above)."""
         if self.p <= 0 or not self.policies:
             return x  # no RNG draws either: p == 0 is exactly "no augmentation"
+        if groups is not None and sum(groups) != x.shape[1]:
+            raise ValueError(f"channel groups {list(groups)} do not sum to {x.shape[1]} channels")
         for name in self.policies:
             for op in POLICIES[name]:
                 mask = torch.rand(x.shape[0], device=x.device) < self.p
-                x = op(x, mask)
+                x = op(x, mask, groups)
         return x
 
     # -- ADA -----------------------------------------------------------------------------

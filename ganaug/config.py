@@ -39,6 +39,7 @@ def _power_of_two(n: int) -> bool:
 ABSENT_MEANS = {
     "model.mbstd_group": 0,
     "model.mode_seeking": 0.0,   # the default became 1.0 (MSGAN term) after runs existed
+    "model.pool_size": 0,        # cyclegan ran without its image pool before the key existed
 }
 
 
@@ -54,15 +55,19 @@ class ModelConfig:
     mapping_layers: int = 4     # stylegan2: MLP depth
     embed_dim: int = 64         # class embedding size (conditional families)
     conditional: bool = True    # stylegan2: condition the mapping network on labels
-    spectral_norm: bool = True  # spectral normalisation in D
+    # None = the family's reference value (GANFamily.defaults), filled in by RunConfig.validate().
+    spectral_norm: bool | None = None  # spectral normalisation in D (noise: on; translation: off)
     aux_classifier: float = 0.0  # cgan: weight of the ACGAN auxiliary loss (0 = off)
     mbstd_group: int = 0        # cgan: minibatch-stddev group size in D (0 = off)
-    mode_seeking: float = 1.0   # noise families: weight of the MSGAN term against mode collapse (0 = off)
+    # Weight of the MSGAN term against mode collapse within a class (0 = off). Default: 1 for
+    # conditional noise families, 0 for unconditional ones (None = that default).
+    mode_seeking: float | None = None
     style_mixing: float = 0.9   # stylegan2: probability of mixing two w's in training
     res_blocks: int = 6         # cyclegan: ResNet blocks in each generator
     l1_weight: float = 100.0    # pix2pix: L1 weight
     cycle_weight: float = 10.0  # cyclegan: cycle-consistency weight
     identity_weight: float = 0.5  # cyclegan: identity weight, relative to cycle
+    pool_size: int = 50         # cyclegan: fake-image history per discriminator (0 = off), as the reference
 
     def validate(self, prefix: str = "model") -> None:
         from ganaug.models.registry import family_names
@@ -82,9 +87,10 @@ class ModelConfig:
         _check(0 <= self.res_blocks <= 32, f"{prefix}.res_blocks", self.res_blocks, "0..32")
         _check(0.0 <= self.style_mixing <= 1.0, f"{prefix}.style_mixing", self.style_mixing, "a probability in [0, 1]")
         _check(0 <= self.mbstd_group <= 64, f"{prefix}.mbstd_group", self.mbstd_group, "0 (off) .. 64")
+        _check(0 <= self.pool_size <= 10000, f"{prefix}.pool_size", self.pool_size, "0 (off) .. 10000")
         for k in ("aux_classifier", "mode_seeking", "l1_weight", "cycle_weight", "identity_weight"):
             v = getattr(self, k)
-            _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
+            _check(v is None or v >= 0, f"{prefix}.{k}", v, "a number >= 0")
 
 
 @dataclass
@@ -119,13 +125,22 @@ class TrainingConfig:
     report_every: int = 50         # one metrics.jsonl line / progress line per N steps
     max_failures: int = 2          # worker-group restarts (Ray Train FailureConfig)
     seed: int = 0
-    loss: str = "hinge"            # ns | hinge | lsgan | wgan-gp
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.0
-    beta2: float = 0.99
-    r1_gamma: float = 0.0          # R1 weight (0 = off)
-    r1_every: int = 16             # lazy regularisation interval
+    # None = the family's reference value (GANFamily.defaults), resolved by RunConfig.validate()
+    # and saved resolved in the run's config.yaml. E.g. stylegan2: ns, lr 2.5e-3, betas (0, 0.99),
+    # r1_gamma = 0.0002 * resolution**2 / batch_size; pix2pix/cyclegan: ns/lsgan, betas (0.5, 0.999),
+    # linear lr decay; dcgan/cgan: hinge, lr 2e-4, betas (0, 0.99).
+    loss: str | None = None        # ns | hinge | lsgan | wgan-gp
+    lr_g: float | None = None
+    lr_d: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    # "none" | "linear": constant lr for the first lr_decay_start of the steps, then linear to 0
+    lr_decay: str | None = None
+    lr_decay_start: float = 0.5
+    r1_gamma: float | None = None  # R1 weight (0 = off)
+    r1_every: int = 16             # lazy regularisation interval (D's Adam lr/betas are scaled for it)
+    pl_weight: float | None = None  # stylegan2 path-length regularisation weight (0 = off)
+    pl_every: int = 4              # its lazy interval
     gp_weight: float = 10.0        # WGAN-GP weight
     ema_beta: float = 0.999        # G_ema decay once ramped up
     ema_rampup: float = 0.05       # ramp: beta_t = min(beta, (1 + t)/(10 + t)) style, as a fraction of steps
@@ -137,10 +152,14 @@ class TrainingConfig:
     num_workers: int = 2           # Ray Train workers (CLI --workers overrides)
     use_gpu: bool = False
     threads_per_worker: int = 0    # torch threads per worker (0 = cores / workers)
+    # GPU only. true: cuDNN autotunes its conv algorithms per process (fastest; a resumed run's
+    # steps match the uninterrupted run's only to float rounding). false: deterministic cuDNN
+    # algorithms and torch.use_deterministic_algorithms (slower; see GANTrainer's docstring).
+    cudnn_benchmark: bool = True
 
     def validate(self, prefix: str = "training") -> None:
         for k in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "report_every",
-                  "r1_every", "ada_interval", "num_workers"):
+                  "r1_every", "pl_every", "ada_interval", "num_workers"):
             v = getattr(self, k)
             _check(v >= 1, f"{prefix}.{k}", v, "an integer >= 1")
         _check(self.max_failures >= 0, f"{prefix}.max_failures", self.max_failures, "an integer >= 0")
@@ -151,10 +170,11 @@ class TrainingConfig:
         for k in ("lr_g", "lr_d"):
             v = getattr(self, k)
             _check(0 < v < 1, f"{prefix}.{k}", v, "a learning rate in (0, 1)")
-        for k in ("beta1", "beta2", "ema_beta", "ada_p", "ada_target", "ema_rampup"):
+        _check(self.lr_decay in ("none", "linear"), f"{prefix}.lr_decay", self.lr_decay, "none or linear")
+        for k in ("beta1", "beta2", "ema_beta", "ada_p", "ada_target", "ema_rampup", "lr_decay_start"):
             v = getattr(self, k)
             _check(0 <= v <= 1, f"{prefix}.{k}", v, "a number in [0, 1]")
-        for k in ("r1_gamma", "gp_weight", "ada_kimg"):
+        for k in ("r1_gamma", "pl_weight", "gp_weight", "ada_kimg"):
             v = getattr(self, k)
             _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
         policies = [p for p in self.augment.split(",") if p.strip()]
@@ -181,10 +201,28 @@ class RunConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self) -> "RunConfig":
+        self.resolve_defaults()
         self.model.validate()
         self.data.validate()
         self.training.validate()
         self.storage.validate()
+        return self
+
+    def resolve_defaults(self) -> "RunConfig":
+        """Fill every unset (None) model/training key with the family's reference value.
+
+        An unknown family is left for ModelConfig.validate() to report.
+        """
+        from ganaug.models.registry import family_names, get_family
+
+        if self.model.family not in family_names():
+            return self
+        defaults = get_family(self.model.family).defaults(self.model, self.data, self.training)
+        for key, value in defaults.items():
+            section, name = key.split(".", 1)
+            target = getattr(self, section)
+            if getattr(target, name) is None:
+                setattr(target, name, value)
         return self
 
     def to_dict(self) -> dict:
@@ -210,6 +248,11 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check (and for strings from --set, convert) a value against a field type."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # `X | None`: an explicit null means "the family default"
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "~")):
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -10,6 +10,11 @@ Phases:
   "G"    : generator update (adversarial + family extras such as L1 or cycle losses)
   "D"    : discriminator update (adversarial, plus WGAN-GP when that loss is chosen)
   "Dreg" : lazy R1 on real images, every `r1_every` steps, scaled by the interval
+  "Greg" : lazy generator regularisation (StyleGAN2's path length), every `pl_every` steps
+
+Precision: the main phases may autocast to bf16 (CUDA), but every gradient penalty (R1,
+WGAN-GP, path length) takes a double backward, whose bf16 error is large (R1's parameter
+gradient measured 40 % relative L2 error on CPU autocast): their forwards run in fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PHASES = ("D", "Dreg", "G")
+PHASES = ("D", "Dreg", "G", "Greg")
 
 
 class AdversarialLoss:
@@ -84,18 +89,26 @@ def make_adversarial_loss(name: str) -> AdversarialLoss:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(ADVERSARIAL_LOSSES)}") from None
 
 
+def _per_sample(logits: torch.Tensor) -> torch.Tensor:
+    """One logit per sample: the mean over a PatchGAN's patch grid, as the losses take it, so a
+    penalty's weight means the same whatever the patch count (the sum would scale it by h*w squared)."""
+    return logits.reshape(logits.shape[0], -1).mean(dim=1)
+
+
 def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): squared gradient norm of D at real images, per sample mean.
 
-    `real_images` must have requires_grad=True and be the tensor D saw.
+    `real_images` must have requires_grad=True and be the tensor D saw. Patch logits [N, 1, h, w]
+    count as their per-sample mean.
     """
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    (grad,) = torch.autograd.grad(_per_sample(real_logits).sum(), real_images, create_graph=True)
     return grad.square().flatten(1).sum(1).mean()
 
 
 def gradient_penalty(d_logits_interp: torch.Tensor, interp: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al. 2017): (||grad D(x_hat)|| - 1)^2 on interpolates."""
-    (grad,) = torch.autograd.grad(d_logits_interp.sum(), interp, create_graph=True)
+    """WGAN-GP (Gulrajani et al. 2017): (||grad D(x_hat)|| - 1)^2 on interpolates (patch logits:
+    their per-sample mean)."""
+    (grad,) = torch.autograd.grad(_per_sample(d_logits_interp).sum(), interp, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
@@ -141,6 +154,8 @@ class LossContext:
     gp_weight: float = 10.0
     use_gp: bool = False
     autocast: Callable[[], object] | None = None  # context manager factory (bf16 on CUDA)
+    pl_weight: float = 0.0     # StyleGAN2 path-length regularisation (0 = off)
+    pl_every: int = 4
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -167,9 +182,10 @@ def frozen(module: nn.Module):
             p.requires_grad_(f)
 
 
-def autocast(ctx: LossContext):
-    """The loss context's autocast (bf16 on CUDA) as a context manager; a no-op when it has none."""
-    return ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
+def autocast(ctx: LossContext, enabled: bool = True):
+    """The loss context's autocast (bf16 on CUDA) as a context manager; a no-op when it has none
+    or when not `enabled` (the fp32 regularisation forwards)."""
+    return ctx.autocast() if (enabled and ctx.autocast is not None) else contextlib.nullcontext()
 
 
 def d_stats(loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, float]:
@@ -199,7 +215,16 @@ class GANLoss:
         """Whether the loop should run (and step the optimiser of) this phase now."""
         if phase == "Dreg":
             return self.ctx.r1_gamma > 0 and step % self.ctx.r1_every == 0
+        if phase == "Greg":
+            return False  # only families with a generator regulariser (stylegan2) override this
         return True
+
+    def state_dict(self) -> dict:
+        """Training state the loss keeps between steps (e.g. an image pool), plain tensors/types."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------- noise families
@@ -232,10 +257,12 @@ class NoiseGANLoss(GANLoss):
     def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch["label"] if self.conditional else None
 
-    def _d_forward(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, chunk: int):
+    def _d_forward(self, D: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, chunk: int,
+                   fp32: bool = False):
         """-> (logits [N] fp32, extra outputs or None). `x` is `len(x) // chunk` stacked batches
-        (reals, fakes, ...) of `chunk` rows each: D's minibatch statistics never mix them."""
-        with autocast(self.ctx):
+        (reals, fakes, ...) of `chunk` rows each: D's minibatch statistics never mix them.
+        fp32=True skips autocast (forwards that a gradient penalty differentiates twice)."""
+        with autocast(self.ctx, not fp32):
             return D(x, labels, mbstd_chunk=chunk).float(), None
 
     def _extra_d(self, extra, labels, n_real: int) -> tuple[torch.Tensor | None, dict[str, float]]:
@@ -270,7 +297,7 @@ class NoiseGANLoss(GANLoss):
                 interp = torch.lerp(xf, xr, eps).requires_grad_(True)
                 x = torch.cat([x, interp])
             all_labels = None if labels is None else labels.repeat(x.shape[0] // n)
-            logits, extra = self._d_forward(self.D, x, all_labels, n)
+            logits, extra = self._d_forward(self.D, x, all_labels, n, fp32=self.ctx.use_gp)
             chunks = logits.split(n)
             real_l, fake_l = chunks[0], chunks[1]
             loss = self.ctx.adversarial.d_loss(real_l, fake_l)
@@ -290,7 +317,7 @@ class NoiseGANLoss(GANLoss):
             if self.ctx.r1_gamma <= 0:
                 return {}
             real_req = real.detach().requires_grad_(True)
-            logits, extra = self._d_forward(self.D, self.ctx.augment(real_req), labels, n)
+            logits, extra = self._d_forward(self.D, self.ctx.augment(real_req), labels, n, fp32=True)
             r1 = r1_penalty(logits, real_req)
             # The zero terms keep biases (no second-order path) in the graph for DDP.
             loss = r1 * (self.ctx.r1_gamma / 2) * self.ctx.r1_every + 0.0 * logits.sum() + self._touch(extra)

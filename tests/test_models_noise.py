@@ -209,3 +209,32 @@ def test_mode_seeking_pairs_share_labels_and_log_the_ratio():
     assert np.isfinite(stats["mode_seeking"]) and stats["mode_seeking"] > 0
     g_labels = seen[-1]  # the G phase's labels: rows i and i + n/2 share one
     assert torch.equal(g_labels[:4], g_labels[4:])
+
+
+def test_conditional_bn_init_matches_its_docstring():
+    """CBN's own constructor starts the gain/bias projections at zero; cgan's generator then
+    initialises them like its other linears (xavier, as BigGAN's global init), so the gain
+    differs per class from the first step. The docstring used to promise zeros."""
+    from ganaug.models.layers import ConditionalBatchNorm2d
+
+    bare = ConditionalBatchNorm2d(4, 3)
+    assert all(torch.count_nonzero(p) == 0 for p in (bare.gain.weight, bare.bias.weight))
+    assert "initialise them like every other linear layer" in " ".join(ConditionalBatchNorm2d.__doc__.split())
+    _, G, _, _, _ = build("cgan", 16, 1)
+    cbns = [m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert cbns
+    for m in cbns:
+        assert torch.count_nonzero(m.gain.weight) > 0 and torch.count_nonzero(m.gain.bias) == 0
+        e = G.embed.weight[:3]
+        assert not torch.allclose(m.gain(e)[0], m.gain(e)[1])  # class-dependent from the start
+
+
+def test_trainer_rejects_a_batch_the_mbstd_group_does_not_divide():
+    from ganaug.errors import UserError
+    from ganaug.training import GANTrainer
+
+    cfg = tiny_cfg("cgan")
+    cfg.model.mbstd_group, cfg.training.batch_size = 4, 6
+    images, labels, names = random_data()
+    with pytest.raises(UserError, match="training.batch_size.*minibatch-stddev group 4 does not divide"):
+        GANTrainer(cfg.validate(), images, labels, names)

@@ -135,29 +135,66 @@ def test_train_mode_noise_is_random_eval_is_fixed():
     assert torch.equal(c, d)
 
 
-@pytest.mark.parametrize("num_classes", [0, 10])
-def test_eval_batch_invariance(num_classes):
+@pytest.mark.parametrize("num_classes,fused", [(0, False), (10, False), (10, True)])
+def test_eval_fixed_chunk_invariance(num_classes, fused, monkeypatch):
+    """The Sampler's guarantee: in a fixed-size chunk (sampling.CHUNK rows), a row's bytes depend
+    only on its own (z, label, truncation): not on its neighbours, nor on its position. For both
+    inference conv forms (the shared conv, CPU's default, and the fused grouped conv)."""
+    from ganaug.models import stylegan2
+    from ganaug.sampling import CHUNK
+
+    monkeypatch.setattr(stylegan2, "FUSED_INFERENCE", fused)
+
     G = make_g(resolution=32, channels=3, num_classes=num_classes).eval()
     with torch.no_grad():
         for layer in G.modules():
             if hasattr(layer, "noise_strength"):
                 layer.noise_strength.normal_()
-    z = torch.randn(5, 16)
-    y = torch.tensor([3, 1, 4, 1, 5]) if num_classes else None
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2 * CHUNK, 16, generator=gen)
+    y = torch.randint(10, (2 * CHUNK,), generator=gen) if num_classes else None
+    target_z = torch.randn(1, 16, generator=gen)
+    target_y = torch.tensor([7]) if num_classes else None
+    outs = []
     with torch.no_grad():
-        batch = G(z, y, truncation=0.7)
-        for i in range(5):
-            alone = G(z[i:i + 1], None if y is None else y[i:i + 1], truncation=0.7)
-            assert to_bytes(alone) == to_bytes(batch[i:i + 1])
-            assert torch.equal(alone, batch[i:i + 1])
-        again = G(z, y, truncation=0.7)
-    assert torch.equal(batch, again)
+        for k, pos in enumerate((0, 5, CHUNK - 1)):
+            zc = z[k:k + CHUNK].clone()          # different neighbours each time
+            zc[pos] = target_z[0]
+            yc = None
+            if num_classes:
+                yc = y[k:k + CHUNK].clone()
+                yc[pos] = target_y[0]
+            outs.append(G(zc, yc, truncation=0.7)[pos])
+        again = G(zc, yc, truncation=0.7)[pos]
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+    assert torch.equal(again, outs[-1])
+
+
+def test_training_and_inference_modulation_agree():
+    """Training modulates activations around one shared conv; inference fuses the weights: same maths."""
+    from ganaug.models.stylegan2 import modulated_conv2d
+
+    torch.manual_seed(0)
+    x, w, s = torch.randn(3, 8, 6, 6), torch.randn(5, 8, 3, 3), torch.randn(3, 8)
+    for demod in (True, False):
+        a = modulated_conv2d(x, w, s, demodulate=demod, padding=1, fused=False)
+        b = modulated_conv2d(x, w, s, demodulate=demod, padding=1, fused=True)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # The training path keeps channels_last (the grouped reshape used to discard it).
+    xc = x.contiguous(memory_format=torch.channels_last)
+    out = modulated_conv2d(xc, w, s, padding=1, fused=False)
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_minibatch_stddev_groups():
-    for n in (1, 2, 3, 5, 6, 8):
+    for n in (1, 2, 3, 4, 8):  # groups of min(4, n)
         out = minibatch_stddev(torch.randn(n, 4, 4, 4), 4)
         assert out.shape == (n, 5, 4, 4)
+        assert out[:, -1].min() > 0 or n == 1
+    for n in (5, 6):  # a group that does not divide the batch is an error, not a silent group of 1
+        with pytest.raises(ValueError, match="minibatch-stddev group 4 does not divide a batch of"):
+            minibatch_stddev(torch.randn(n, 4, 4, 4), 4)
     # A [2 real + 2 fake] batch: by default one group of 4 spans both halves; with chunk = 2
     # the groups (of 2) never cross the real/fake boundary.
     x = torch.cat([torch.zeros(2, 2, 4, 4), torch.randn(2, 2, 4, 4)])
@@ -196,7 +233,7 @@ def test_one_training_step_each_phase(num_classes):
     loss = StyleGAN2Loss(G, D, ctx)
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.99))
-    batch = {"image": torch.rand(6, 1, 16, 16) * 2 - 1, "label": torch.tensor([0, 1, 2, 0, 1, 2])}
+    batch = {"image": torch.rand(8, 1, 16, 16) * 2 - 1, "label": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
 
     for phase, opt, module, keys in (
         ("D", opt_d, D, ("loss_d", "d_real", "d_fake", "d_real_sign")),
@@ -268,3 +305,38 @@ def test_phases_under_ddp(tmp_path):
                 opt.step()
     finally:
         dist.destroy_process_group()
+
+
+def test_class_w_avg_starts_from_the_first_batch():
+    G = make_g(num_classes=3).train()
+    G.style_mixing = 0.0
+    z, y = torch.randn(6, 16), torch.tensor([0, 0, 1, 1, 1, 0])
+    with torch.no_grad():
+        w = G.mapping(z, y)
+        G.mapping_ws(z, y)
+    torch.testing.assert_close(G.w_avg_class[0], w[y == 0].mean(0))
+    torch.testing.assert_close(G.w_avg_class[1], w[y == 1].mean(0))
+    assert torch.equal(G.w_avg_class[2], torch.zeros(16))   # class 2 not seen yet
+    with torch.no_grad():  # later batches are an EMA again
+        G.mapping_ws(z, y)
+    torch.testing.assert_close(G.w_avg_class[0], w[y == 0].mean(0))
+
+
+def test_path_length_regularisation_phase():
+    """Greg: lazy (every pl_every steps), fp32, moves G's weights and pl_mean, saved in the loss state."""
+    G, D = make_g(num_classes=3), make_d(num_classes=3)
+    ctx = LossContext(adversarial=make_adversarial_loss("ns"), augment=lambda x: x, pl_weight=2.0, pl_every=4,
+                      autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    loss = StyleGAN2Loss(G, D, ctx)
+    assert loss.wants_phase("Greg", 0) and not loss.wants_phase("Greg", 1) and loss.wants_phase("Greg", 8)
+    batch = {"image": torch.rand(8, 1, 16, 16) * 2 - 1, "label": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
+    stats = loss.accumulate_gradients("Greg", batch, 0)
+    assert stats["pl_length"] > 0 and stats["pl_mean"] == pytest.approx(0.01 * stats["pl_length"], rel=1e-5)
+    assert all(p.grad is not None for p in G.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in G.mapping.parameters()) > 0
+    state = loss.state_dict()
+    fresh = StyleGAN2Loss(G, D, ctx)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.pl_mean, loss.pl_mean)
+    off = StyleGAN2Loss(G, D, LossContext(adversarial=make_adversarial_loss("ns"), augment=lambda x: x))
+    assert not off.wants_phase("Greg", 0) and off.accumulate_gradients("Greg", batch, 0) == {}

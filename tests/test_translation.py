@@ -265,3 +265,41 @@ def test_generic_loop_trains_translation_family(family, loss):
     assert ("gp" in seen) == (loss == "wgan-gp")
     x = torch.zeros(2, 1, 16, 16)
     assert tr.G_ema(x).shape == x.shape
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+def test_r1_and_gp_on_patch_logits_use_the_patch_mean():
+    """R1/WGAN-GP differentiate the per-sample mean of the patch logits (what the losses use), so
+    a penalty weight means the same at every patch count: replicating one logit over an h x w
+    grid leaves the penalty unchanged (the sum made it (h*w)**2 larger)."""
+    from ganaug.losses import gradient_penalty, r1_penalty
+
+    x = torch.randn(3, 2, 8, 8, requires_grad=True)
+    logit = (x.square().sum(dim=(1, 2, 3)) * 0.1)            # [N]
+    for grid in (1, 4, 30):
+        patches = logit[:, None, None, None].expand(3, 1, grid, grid)
+        torch.testing.assert_close(r1_penalty(patches, x), r1_penalty(logit, x))
+        torch.testing.assert_close(gradient_penalty(patches, x), gradient_penalty(logit, x))
+
+
+def test_pix2pix_colour_augmentation_keeps_the_halves_apart():
+    """Colour ops take their statistics per half of the (A | B) pair, while both halves share every
+    random draw: B's augmented pixels do not depend on A's content, and the geometry matches."""
+    from ganaug.augment import AugmentPipe
+    from ganaug.models.pix2pix import Pix2PixLoss
+
+    pipe = AugmentPipe("color,translation,cutout", p=1.0, target=0.0)
+    ctx = LossContext(adversarial=make_adversarial_loss("lsgan"), augment=pipe)
+    seen = []
+    loss = Pix2PixLoss(None, None, ctx)
+    b = torch.rand(4, 3, 16, 16) * 2 - 1
+    for a in (torch.rand(4, 3, 16, 16) * 2 - 1, -torch.ones(4, 3, 16, 16)):
+        torch.manual_seed(5)
+        loss._d(lambda a_aug, b_aug: seen.append((a_aug, b_aug)) or b_aug.mean((1, 2, 3)), a, b)
+    (a1, b1), (a2, b2) = seen
+    assert torch.equal(b1, b2)
+    # Shared geometry: A2 is a constant image, so its zeros are exactly the cutout / shift padding,
+    # which B got at the same pixels.
+    assert (b1 == 0).any() and torch.equal(a2 == 0, b1 == 0)

@@ -179,8 +179,8 @@ class CGANLoss(NoiseGANLoss):
         super().__init__(G, D, ctx, mode_seeking=mode_seeking)
         self.aux_weight = float(aux_weight) if getattr(unwrap(D), "aux", None) is not None else 0.0
 
-    def _d_forward(self, D, x, labels, chunk):
-        with autocast(self.ctx):
+    def _d_forward(self, D, x, labels, chunk, fp32=False):
+        with autocast(self.ctx, not fp32):
             if self.aux_weight > 0:
                 out, aux = D(x, labels, return_aux=True, mbstd_chunk=chunk)
                 return out.float(), aux.float()
@@ -212,6 +212,11 @@ class CGAN(GANFamily):
     loss_cls = CGANLoss
 
     @classmethod
+    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
+        # Conditioning alone let small classes collapse on MNIST; MSGAN's term fixed it.
+        return {**super().defaults(model, data, training), "model.mode_seeking": 1.0}
+
+    @classmethod
     def _classes(cls, data: DataInfo) -> int:
         if data.num_classes < 1:
             raise UserError("model.family 'cgan' needs a labelled dataset (found no classes); "
@@ -229,10 +234,10 @@ class CGAN(GANFamily):
         k = cls._classes(data)
         return {"num_classes": k, "resolution": data.resolution, "channels": data.channels,
                 "width": model.width, "max_width": model.max_width,
-                "spectral_norm": bool(model.spectral_norm),
+                "spectral_norm": bool(cls.model_value(model, "spectral_norm")),
                 "aux_classes": k if model.aux_classifier > 0 else 0, "mbstd_group": int(model.mbstd_group)}
 
     @classmethod
     def loss_kwargs(cls, model, data: DataInfo | None = None) -> dict[str, Any]:
         """Extra keyword arguments for loss_cls(G, D, ctx, **kwargs)."""
-        return {"aux_weight": float(model.aux_classifier), "mode_seeking": float(model.mode_seeking)}
+        return {"aux_weight": float(model.aux_classifier), "mode_seeking": float(cls.model_value(model, "mode_seeking"))}

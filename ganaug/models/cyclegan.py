@@ -19,7 +19,6 @@ and concatenating several image sets into one batch changes nothing.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import torch
@@ -151,11 +150,17 @@ class CycleGANDiscriminator(nn.Module):
 
 
 class ImagePool:
-    """Shrivastava et al. 2017 history buffer: D sometimes sees older fakes, which damps oscillation."""
+    """Shrivastava et al. 2017 history buffer: D sometimes sees older fakes, which damps oscillation.
+
+    As junyanz's ImagePool: until `size` fakes are stored every fake passes through (and is
+    stored); then each fake, with probability 1/2, is swapped for a random stored one. The pool
+    draws from its own CPU generator, so its state (`state_dict`: the stored images and the
+    generator's state, plain tensors) makes a resumed run exact.
+    """
 
     def __init__(self, size: int, seed: int = 0):
-        self.size, self.images = size, []
-        self.rng = random.Random(seed)
+        self.size, self.images = int(size), []
+        self.rng = torch.Generator().manual_seed(int(seed))
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         if self.size <= 0:
@@ -165,13 +170,21 @@ class ImagePool:
             if len(self.images) < self.size:
                 self.images.append(img.clone())
                 out.append(img)
-            elif self.rng.random() < 0.5:
-                i = self.rng.randrange(self.size)
-                out.append(self.images[i])
+            elif float(torch.rand((), generator=self.rng)) < 0.5:
+                i = int(torch.randint(self.size, (), generator=self.rng))
+                out.append(self.images[i].to(img.device))
                 self.images[i] = img.clone()
             else:
                 out.append(img)
         return torch.stack(out)
+
+    def state_dict(self) -> dict:
+        images = torch.stack([t.cpu() for t in self.images]) if self.images else torch.empty(0)
+        return {"images": images, "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.images = list(state["images"].unbind(0)) if state["images"].numel() else []
+        self.rng.set_state(state["rng"])
 
 
 class CycleGANLoss(GANLoss):
@@ -192,9 +205,17 @@ class CycleGANLoss(GANLoss):
         self.cycle_weight, self.identity_weight = float(cycle_weight), float(identity_weight)
         self.pool_a, self.pool_b = ImagePool(pool_size, 1), ImagePool(pool_size, 2)
 
-    def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor):
+    def state_dict(self) -> dict:
+        return {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "pool_a" in state:  # absent in checkpoints from before the pool was saved
+            self.pool_a.load_state_dict(state["pool_a"])
+            self.pool_b.load_state_dict(state["pool_b"])
+
+    def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor, fp32: bool = False):
         a, b = self.ctx.augment(a), self.ctx.augment(b)
-        with autocast(self.ctx):
+        with autocast(self.ctx, not fp32):
             la, lb = D(a, b)
         return la.float(), lb.float()
 
@@ -219,7 +240,7 @@ class CycleGANLoss(GANLoss):
                 interp_a, interp_b = self._interp(a, fake_a), self._interp(b, fake_b)
                 parts_a.append(interp_a)
                 parts_b.append(interp_b)
-            la, lb = self._d(self.D, torch.cat(parts_a), torch.cat(parts_b))
+            la, lb = self._d(self.D, torch.cat(parts_a), torch.cat(parts_b), fp32=self.ctx.use_gp)
             real_a, fake_a_l = la[:na], la[na:na + fake_a.shape[0]]
             real_b, fake_b_l = lb[:nb], lb[nb:nb + fake_b.shape[0]]
             loss = adv.d_loss(real_a, fake_a_l) + adv.d_loss(real_b, fake_b_l)
@@ -237,7 +258,7 @@ class CycleGANLoss(GANLoss):
             if self.ctx.r1_gamma <= 0:
                 return {}
             a_req, b_req = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
-            la, lb = self._d(self.D, a_req, b_req)
+            la, lb = self._d(self.D, a_req, b_req, fp32=True)
             r1 = r1_penalty(la, a_req) + r1_penalty(lb, b_req)
             # The logits * 0 term puts every D parameter in the graph (the last biases have no
             # input gradient), which DDP needs to finish its reduction.
@@ -276,6 +297,10 @@ class CycleGAN(TranslationFamily):
     loss_cls = CycleGANLoss
 
     @classmethod
+    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
+        return {**super().defaults(model, data, training), "training.loss": "lsgan"}
+
+    @classmethod
     def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
         return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
                 "width": model.width, "max_width": model.max_width, "res_blocks": model.res_blocks,
@@ -284,4 +309,5 @@ class CycleGAN(TranslationFamily):
     @classmethod
     def loss_kwargs(cls, model, data: DataInfo | None = None) -> dict[str, Any]:
         """Extra keyword arguments for loss_cls(G, D, ctx, **kwargs)."""
-        return {"cycle_weight": model.cycle_weight, "identity_weight": model.identity_weight}
+        return {"cycle_weight": model.cycle_weight, "identity_weight": model.identity_weight,
+                "pool_size": int(getattr(model, "pool_size", 0))}

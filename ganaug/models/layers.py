@@ -57,7 +57,8 @@ def init_weights(module: nn.Module, std: float = 0.02, *, kind: str = "normal") 
     """Initialise convs/linears: "normal" = N(0, std) (DCGAN), "xavier" = Xavier-uniform
     (SNGAN/BigGAN); norm scales N(1, std) for "normal", 1 for "xavier"; biases zero.
 
-    Embeddings are left to their owners (conditional gains must start at a known value).
+    Embeddings are left to their owners. Linear layers inside ConditionalBatchNorm2d are
+    initialised too (BigGAN's reference does the same).
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -76,16 +77,28 @@ def init_weights(module: nn.Module, std: float = 0.02, *, kind: str = "normal") 
                 nn.init.zeros_(m.bias)
 
 
+def mbstd_group_for(group_size: int, batch: int) -> int:
+    """The minibatch-stddev group used for a batch (chunk) of `batch` rows: min(group_size, batch),
+    as stylegan2-ada-pytorch; a clear error when it does not divide the batch (the group used to
+    shrink silently, down to 1 (no signal at all) on odd batches)."""
+    g = min(int(group_size), int(batch))
+    if g < 1 or batch % g:
+        raise ValueError(f"minibatch-stddev group {group_size} does not divide a batch of {batch} rows; "
+                         f"use a per-worker training.batch_size that is a multiple of {group_size} "
+                         f"(or smaller than it)")
+    return g
+
+
 def minibatch_stddev(x: torch.Tensor, group_size: int, chunk: int | None = None) -> torch.Tensor:
     """Append one channel: the std over contiguous groups of samples, averaged over C, H, W.
 
-    The group is gcd(group_size, chunk) (chunk = N by default), so it divides any batch; when the
-    batch is [real; fake] pass chunk = len(real) so no group mixes reals with fakes.
+    The group is `mbstd_group_for(group_size, chunk)` (chunk = N by default); when the batch is
+    [real; fake] pass chunk = len(real) so no group mixes reals with fakes.
     """
     n, c, h, w = x.shape
     if chunk is None or chunk <= 0 or n % chunk:
         chunk = n
-    g = math.gcd(group_size, chunk)
+    g = mbstd_group_for(group_size, chunk)
     y = x.float().reshape(n // g, g, c, h, w)
     y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])        # [N/g]
     y = y.repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
@@ -95,10 +108,12 @@ def minibatch_stddev(x: torch.Tensor, group_size: int, chunk: int | None = None)
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm whose per-channel gain and bias are predicted from a condition vector.
 
-    out = BN(x) * (1 + gain(c)) + bias(c), with BN affine-free. The gain/bias projections
-    start at zero, so at init this is a plain BatchNorm (de Vries et al. 2017; BigGAN uses a
-    shared class embedding as c). In eval mode BN uses its running statistics, so each
-    output depends only on its own input and condition (batch-size invariance).
+    out = BN(x) * (1 + gain(c)) + bias(c), with BN affine-free (de Vries et al. 2017; BigGAN uses
+    a shared class embedding as c). The gain/bias projections are zero until the owner runs its
+    weight init; as in BigGAN, whose ccbn layers take the generator's global init, the owners
+    (cgan) then initialise them like every other linear layer (`init_weights`), so classes
+    differ from the first step. In eval mode BN uses its running
+    statistics, so each output depends only on its own input and condition (batch-size invariance).
     """
 
     def __init__(self, num_features: int, cond_dim: int, momentum: float = 0.1, eps: float = 1e-5):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganaug.augment import AugmentPipe
 from ganaug.losses import (
     GANLoss,
     LossContext,
@@ -137,7 +138,8 @@ class Pix2PixLoss(GANLoss):
     """Phases: "D" (real vs fake pairs, one D forward), "G" (adversarial + L1), "Dreg" (R1).
 
     D's augmentation is applied to the 2C-channel pair (a, b) so both halves of a pair get the
-    same geometric transform; otherwise D could tell fakes by misalignment alone.
+    same geometric transform (otherwise D could tell fakes by misalignment alone); colour ops
+    take their means per half, so one image's colours never leak into the other's.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, model: Any = None,
@@ -147,10 +149,13 @@ class Pix2PixLoss(GANLoss):
             l1_weight = getattr(model, "l1_weight", 100.0) if model is not None else 100.0
         self.l1_weight = float(l1_weight)
 
-    def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        x = self.ctx.augment(torch.cat([a, b], dim=1))
+    def _d(self, D: nn.Module, a: torch.Tensor, b: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        # One call on the channel-concatenated pair: both halves share every random draw (the
+        # same shift, cutout, brightness...), while colour statistics are taken per half.
+        x, aug = torch.cat([a, b], dim=1), self.ctx.augment
+        x = aug(x, groups=(a.shape[1], b.shape[1])) if isinstance(aug, AugmentPipe) else aug(x)
         a_aug, b_aug = x.split([a.shape[1], b.shape[1]], dim=1)
-        with autocast(self.ctx):
+        with autocast(self.ctx, not fp32):
             return D(a_aug, b_aug).float()
 
     def accumulate_gradients(self, phase: str, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
@@ -165,7 +170,7 @@ class Pix2PixLoss(GANLoss):
                 interp = (eps * b + (1 - eps) * fake_b).requires_grad_(True)
                 a_parts.append(a)
                 b_parts.append(interp)
-            logits = self._d(self.D, torch.cat(a_parts), torch.cat(b_parts))
+            logits = self._d(self.D, torch.cat(a_parts), torch.cat(b_parts), fp32=self.ctx.use_gp)
             chunks = logits.split(n)
             real_l, fake_l = chunks[0], chunks[1]
             loss = self.ctx.adversarial.d_loss(real_l, fake_l)
@@ -181,7 +186,7 @@ class Pix2PixLoss(GANLoss):
             if self.ctx.r1_gamma <= 0:
                 return {}
             b_req = b.detach().requires_grad_(True)
-            logits = self._d(self.D, a, b_req)
+            logits = self._d(self.D, a, b_req, fp32=True)
             r1 = r1_penalty(logits, b_req)
             # logits * 0 puts every D parameter in the graph (the last bias has no input
             # gradient), which DDP needs to finish its reduction.
@@ -210,6 +215,10 @@ class Pix2Pix(TranslationFamily):
     generator_cls = UNetGenerator
     discriminator_cls = PatchDiscriminator
     loss_cls = Pix2PixLoss
+
+    @classmethod
+    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
+        return {**super().defaults(model, data, training), "training.loss": "ns"}  # the reference's "vanilla"
 
     @classmethod
     def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:

@@ -42,6 +42,32 @@ class GANFamily:
     discriminator_cls: ClassVar[type[nn.Module]]
     loss_cls: ClassVar[type]
 
+    # ------------------------------------------------------------------ defaults
+    # A config key left unset (None) means "this family's reference value". `defaults` maps
+    # "section.key" -> value; RunConfig.validate() fills the unset keys from it, so the saved run
+    # config holds the resolved values. A preset (any value that is set) always wins.
+    @classmethod
+    def defaults(cls, model: "ModelConfig", data: Any = None, training: Any = None) -> dict[str, Any]:
+        """Generic values (the SNGAN/BigGAN-style noise setup ganaug used before per-family defaults)."""
+        return {
+            "model.spectral_norm": True,
+            "model.mode_seeking": 0.0,
+            "training.loss": "hinge",
+            "training.lr_g": 2e-4,
+            "training.lr_d": 2e-4,
+            "training.beta1": 0.0,
+            "training.beta2": 0.99,
+            "training.r1_gamma": 0.0,
+            "training.lr_decay": "none",
+            "training.pl_weight": 0.0,
+        }
+
+    @classmethod
+    def model_value(cls, model: "ModelConfig", key: str) -> Any:
+        """model.<key>, or this family's default when it is unset (None)."""
+        value = getattr(model, key)
+        return cls.defaults(model)[f"model.{key}"] if value is None else value
+
     @classmethod
     def generator_kwargs(cls, model: "ModelConfig", data: DataInfo) -> dict[str, Any]:
         """JSON-able constructor kwargs of the generator; saved in model.json."""
@@ -70,15 +96,27 @@ class TranslationFamily(GANFamily):
 
     Their discriminators are PatchGANs built from the same keyword arguments: InstanceNorm,
     or no norm when spectral norm is on.
+
+    Defaults follow junyanz/pytorch-CycleGAN-and-pix2pix: no spectral norm (so InstanceNorm in
+    D; the reference's pix2pix BatchNorm at its batch size of 1 is the same per-sample
+    normalisation), Adam lr 2e-4 with betas (0.5, 0.999), the lr constant for the first half
+    of the steps then decaying linearly to 0 (its n_epochs + n_epochs_decay schedule), no R1.
     """
 
     kind = "translation"
 
     @classmethod
+    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
+        return {**super().defaults(model, data, training),
+                "model.spectral_norm": False, "model.mode_seeking": 0.0,
+                "training.beta1": 0.5, "training.beta2": 0.999, "training.lr_decay": "linear"}
+
+    @classmethod
     def discriminator_kwargs(cls, model: ModelConfig, data: DataInfo) -> dict[str, Any]:
+        sn = bool(cls.model_value(model, "spectral_norm"))
         return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
                 "width": model.width, "max_width": model.max_width, "n_layers": None,
-                "norm": "none" if model.spectral_norm else "instance", "spectral_norm": model.spectral_norm}
+                "norm": "none" if sn else "instance", "spectral_norm": sn}
 
 
 _REGISTRY: dict[str, type[GANFamily]] = {}

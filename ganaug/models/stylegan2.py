@@ -7,17 +7,20 @@ for 16-256 px and tiny CPU tests, and self-contained (it owns its layers):
   equalised-lr FC layers (lr multiplier 0.01) -> w. `w_avg` (global) and `w_avg_class` (one row per
   class) are EMA-tracked in train mode and used by the truncation trick
   w = w_avg + psi * (w - w_avg); conditional models truncate towards their own class's mean.
-- Synthesis: learned 4x4 constant, modulated/demodulated 3x3 convs (grouped-conv form), per-channel
-  noise strengths, toRGB skip outputs, bilinear x2 upsampling. Channels at resolution r are
+- Synthesis: learned 4x4 constant, modulated/demodulated 3x3 convs, per-channel noise strengths,
+  toRGB skip outputs, bilinear x2 upsampling. As in the reference, training modulates the
+  activations around ONE shared-weight conv (cheap, keeps channels_last, plain conv backward);
+  inference fuses the per-sample weights into one grouped conv (`modulated_conv2d(fused=...)`). Channels at resolution r are
   min(max_width, width * resolution / r).
 - Style mixing (train mode only): with probability `style_mixing` the layers from a random cutoff
   on take the w of a second z, drawn inside the same forward (one forward per phase under DDP).
 - Noise: fresh random noise per call in train mode, the fixed `noise_const` buffers in eval mode.
-- Eval mode is batch-size invariant: the forward runs sample by sample (`batch_invariant`), so an
-  image's bytes depend only on its own z / label / truncation, never on its batch neighbours.
-- Discriminator: residual, minibatch-stddev (contiguous groups of gcd(4, chunk)), projection
-  conditioning logit += <embed(y), h> / sqrt(C).
-- Loss: phases "D", "Dreg" (lazy R1), "G"; see `StyleGAN2Loss`.
+- Eval mode is one batched forward with no cross-sample op (every conv, matmul and norm is per
+  row); the Sampler runs it on fixed-size padded chunks, so an image's bytes depend only on its
+  own z / label / truncation, not on its chunk neighbours (tests/test_stylegan2.py checks this).
+- Discriminator: residual, minibatch-stddev (contiguous groups of min(4, chunk), which must
+  divide the chunk), projection conditioning logit += <embed(y), h> / sqrt(C).
+- Loss: phases "D", "Dreg" (lazy R1), "G", "Greg" (lazy path length); see `StyleGAN2Loss`.
 
 Spectral norm (`model.spectral_norm`) is ignored here: StyleGAN2 relies on equalised learning rate
 plus R1 instead (set `training.r1_gamma` > 0).
@@ -47,6 +50,16 @@ from ganaug.models.layers import channels_at, minibatch_stddev
 from ganaug.models.registry import DataInfo, GANFamily, register
 
 _LRELU_GAIN = math.sqrt(2.0)
+# Inference (eval mode) on CUDA fuses the per-sample weights into one grouped conv, as the reference
+# does; on CPU the shared-conv form measured ~2x faster (benchmarks/stylegan2_sampling.py reports
+# both). None = that rule; True / False force one form. Training always uses the shared conv.
+FUSED_INFERENCE: bool | None = None
+
+
+def _fused(x: torch.Tensor, training: bool) -> bool:
+    if training:
+        return False
+    return x.is_cuda if FUSED_INFERENCE is None else bool(FUSED_INFERENCE)
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -113,13 +126,26 @@ class EqualConv2d(nn.Module):
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
-                     demodulate: bool = True, padding: int = 0) -> torch.Tensor:
-    """Per-sample modulated conv as one grouped conv (StyleGAN2 Fig. 2d).
+                     demodulate: bool = True, padding: int = 0, fused: bool = False) -> torch.Tensor:
+    """Per-sample modulated (and demodulated) conv, StyleGAN2 Fig. 2d.
 
     x [N, I, H, W], weight [O, I, k, k], styles [N, I].
+    fused=False (training): scale x by the styles, one conv with the shared weight, scale the
+    output by the demodulation coefficients; the same maths as the fused form, with no [N, O, I, k, k]
+    tensor and a memory format that follows x (channels_last stays channels_last).
+    fused=True (inference): build the per-sample weights and run one grouped conv.
     """
     n, in_ch, h, w_ = x.shape
     out_ch, _, kh, kw = weight.shape
+    if not fused:
+        dcoefs = None
+        if demodulate:  # sum_{i,k} (w_oik s_i)^2 = (s^2) @ (sum_k w_oik^2)^T
+            dcoefs = (styles.float().square() @ weight.float().square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
+        x = x * styles.to(x.dtype).reshape(n, in_ch, 1, 1)
+        x = F.conv2d(x, weight.to(x.dtype), padding=padding)
+        if dcoefs is not None:
+            x = x * dcoefs.to(x.dtype).reshape(n, out_ch, 1, 1)
+        return x
     wgt = weight.unsqueeze(0) * styles.reshape(n, 1, in_ch, 1, 1)           # [N, O, I, k, k]
     if demodulate:
         dcoefs = (wgt.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()           # [N, O]
@@ -146,7 +172,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, fused=_fused(x, self.training))
         if self.training:
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
         else:
@@ -167,7 +193,7 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=_fused(x, self.training))
         return x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
 
 
@@ -239,8 +265,6 @@ class StyleGAN2Generator(nn.Module):
         self.z_dim, self.w_dim, self.num_classes = z_dim, w_dim, num_classes
         self.style_mixing = style_mixing
         self.w_avg_beta = w_avg_beta
-        # Batch-size invariance in eval mode (sample-by-sample forward); set False to trade it for speed.
-        self.batch_invariant = True
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers, num_classes, embed_dim)
         blocks = []
         in_ch = 0
@@ -277,7 +301,11 @@ class StyleGAN2Generator(nn.Module):
             counts = torch.bincount(labels, minlength=self.num_classes).to(w.dtype)
             present = counts > 0
             means = sums[present] / counts[present].unsqueeze(1)
-            self.w_avg_class[present] = self.w_avg_class[present].lerp(means, 1.0 - self.w_avg_beta)
+            old = self.w_avg_class[present]
+            # A class's first batch sets its mean (an all-zero row = never seen: a mapping output
+            # is never exactly 0), instead of a slow lerp from 0 that biases early truncation.
+            fresh = (old == 0).all(dim=1, keepdim=True)
+            self.w_avg_class[present] = torch.where(fresh, means, old.lerp(means, 1.0 - self.w_avg_beta))
 
     def _truncate(self, w: torch.Tensor, labels: torch.Tensor | None, truncation) -> torch.Tensor:
         if not torch.is_tensor(truncation) and float(truncation) == 1.0:
@@ -317,23 +345,12 @@ class StyleGAN2Generator(nn.Module):
             start += block.num_ws - 1
         return img
 
-    def _forward(self, z, labels, truncation):
-        return self.synthesis(self.mapping_ws(z, labels, truncation))
-
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, truncation=1.0) -> torch.Tensor:
-        n = z.shape[0]
-        if self.training or not self.batch_invariant or n <= 1:
-            return self._forward(z, labels, truncation)
-        # Eval: sample by sample, so kernels see the same shapes whatever the batch, and an image's
-        # bytes depend only on its own (z, label, truncation).
-        labels = self._check_labels(z, labels)
-        per_psi = torch.is_tensor(truncation) and truncation.numel() > 1
-        outs = []
-        for i in range(n):
-            lab = None if labels is None else labels[i:i + 1]
-            psi = truncation.reshape(-1)[i] if per_psi else truncation
-            outs.append(self._forward(z[i:i + 1], lab, psi))
-        return torch.cat(outs)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, truncation=1.0,
+                return_ws: bool = False):
+        """Images; with return_ws also the ws they came from (path-length regularisation)."""
+        ws = self.mapping_ws(z, labels, truncation)
+        img = self.synthesis(ws)
+        return (img, ws) if return_ws else img
 
 
 # ------------------------------------------------------------------------------ discriminator
@@ -394,15 +411,33 @@ class StyleGAN2Discriminator(nn.Module):
 # ------------------------------------------------------------------------------ loss
 
 class StyleGAN2Loss(GANLoss):
-    """Phases as in stylegan2-ada-pytorch's StyleGAN2Loss (path-length regularisation omitted).
+    """Phases as in stylegan2-ada-pytorch's StyleGAN2Loss: "D", "Dreg" (lazy R1), "G" and
+    "Greg" (lazy path-length regularisation, every `ctx.pl_every` steps when ctx.pl_weight > 0,
+    on half the batch, pl_mean decay 0.01). Both regularisers run in fp32 (see ganaug.losses).
 
     Fakes are generated with the real batch's labels, so D sees matched class distributions.
     Each phase runs exactly one forward through the module it trains, then one backward.
     """
 
+    PL_DECAY = 0.01
+    PL_BATCH_SHRINK = 2
+
     def __init__(self, G: nn.Module, D: nn.Module, ctx: LossContext, mode_seeking: float = 0.0):
         super().__init__(G, D, ctx)
         self.mode_seeking = float(mode_seeking)
+        self.pl_mean = torch.zeros((), device=next(unwrap(G).parameters()).device)
+
+    def wants_phase(self, phase: str, step: int) -> bool:
+        if phase == "Greg":
+            return self.ctx.pl_weight > 0 and step % self.ctx.pl_every == 0
+        return super().wants_phase(phase, step)
+
+    def state_dict(self) -> dict:
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "pl_mean" in state:
+            self.pl_mean = state["pl_mean"].to(self.pl_mean.device).clone()
 
     def _labels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if unwrap(self.G).num_classes == 0:
@@ -448,14 +483,31 @@ class StyleGAN2Loss(GANLoss):
             if self.ctx.r1_gamma <= 0:
                 return {}
             real_in = real.detach().requires_grad_(True)
-            with autocast(self.ctx):
-                logits = self.D(aug(real_in), labels).float()
+            logits = self.D(aug(real_in), labels).float()  # fp32: R1 differentiates it twice
             r1 = r1_penalty(logits, real_in)
             loss = r1 * (self.ctx.r1_gamma / 2.0) * self.ctx.r1_every
             # `logits * 0` puts every D parameter (e.g. the output bias, which R1 does not reach)
             # in the graph, so DDP without find_unused_parameters still reduces all of them.
             (loss + logits.sum() * 0.0).backward()
             return {"loss_r1": float(loss.detach()), "r1": float(r1.detach())}
+
+        if phase == "Greg":
+            if self.ctx.pl_weight <= 0:
+                return {}
+            m = max(1, n // self.PL_BATCH_SHRINK)
+            z = self._z(batch)[:m]
+            img, ws = self.G(z, None if labels is None else labels[:m], return_ws=True)  # fp32
+            noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+            (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+            lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
+            pl_mean = self.pl_mean.lerp(lengths.mean(), self.PL_DECAY)
+            self.pl_mean = pl_mean.detach()
+            penalty = (lengths - pl_mean).square().mean()
+            loss = penalty * self.ctx.pl_weight * self.ctx.pl_every
+            # img * 0 keeps every G parameter in the graph for DDP (as the reference does).
+            (loss + img[:, 0, 0, 0].sum() * 0.0).backward()
+            return {"loss_pl": float(loss.detach()), "pl_length": float(lengths.mean().detach()),
+                    "pl_mean": float(self.pl_mean)}
 
         raise ValueError(f"unknown phase {phase!r}")
 
@@ -469,6 +521,23 @@ class StyleGAN2Family(GANFamily):
     generator_cls = StyleGAN2Generator
     discriminator_cls = StyleGAN2Discriminator
     loss_cls = StyleGAN2Loss
+
+    @classmethod
+    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
+        """stylegan2-ada-pytorch's `auto` config: lr 0.0025 (equalised lr), betas (0, 0.99), ns
+        loss, R1 gamma = 0.0002 * res**2 / batch (per-worker batch here: lr and gamma are not
+        rescaled with the worker count). Path-length regularisation (weight 2) only from 64 px:
+        the reference's low-resolution (cifar) config turns it off. Mode seeking follows
+        conditioning, as for the other noise families."""
+        out = {**super().defaults(model, data, training),
+               "model.mode_seeking": 1.0 if model.conditional else 0.0,
+               "training.loss": "ns", "training.lr_g": 0.0025, "training.lr_d": 0.0025,
+               "training.beta1": 0.0, "training.beta2": 0.99}
+        if data is not None and training is not None:
+            out["training.r1_gamma"] = round(0.0002 * data.resolution ** 2 / training.batch_size, 8)
+        if data is not None:
+            out["training.pl_weight"] = 2.0 if data.resolution >= 64 else 0.0
+        return out
 
     @classmethod
     def _num_classes(cls, model, data: DataInfo) -> int:
@@ -502,4 +571,4 @@ class StyleGAN2Family(GANFamily):
 
     @classmethod
     def loss_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
-        return {"mode_seeking": float(model.mode_seeking)}
+        return {"mode_seeking": float(cls.model_value(model, "mode_seeking"))}

@@ -7,8 +7,17 @@
 The Ray Train glue (training/worker.py) initialises torch.distributed first; when it is
 initialised and world_size > 1, G and D are wrapped in DistributedDataParallel here.
 
-One iteration (`train_step`) = the family loss's phases "D", "Dreg" (lazy R1, when due) and
-"G", each followed by its optimiser step, then the G_ema update and the ADA p update.
+One iteration (`train_step`) = the family loss's phases "D", "Dreg" (lazy R1, when due), "G"
+and "Greg" (lazy G regulariser, when due), each followed by its optimiser step, then the G_ema
+update and the ADA p update. Lazy regularisation scales Adam as stylegan2-ada-pytorch does: with
+interval I, mb_ratio = I / (I + 1), lr *= mb_ratio and betas **= mb_ratio. Learning rates
+follow `training.lr_decay` (a pure function of the step, so resume needs no scheduler state).
+
+Before each checkpoint (`fit`), collectives that make the saved rank-0 state whole: ADA's
+accumulators are all-reduced (rank 0 keeps the totals, the others restart from 0, so sums stay
+exact across a resume at any step), every rank's loss state (CycleGAN's image pools,
+StyleGAN2's pl_mean) is gathered, and G_ema's BatchNorm statistics are recomputed from G_ema's
+own activations (BigGAN's "standing statistics"; the live G's statistics belong to other weights).
 
 Determinism: model init is seeded by training.seed (identical on every rank; DDP broadcasts
 rank 0's anyway), and at the start of every step the global torch RNG is reseeded from
@@ -16,6 +25,14 @@ rank 0's anyway), and at the start of every step the global torch RNG is reseede
 mixing...) is therefore a function of those three numbers, and a run resumed from a
 state_dict taken after step k redoes step k + 1 exactly, on any number of ranks.
 The data order is a permutation per epoch from a generator seeded by (seed, epoch).
+
+What is exact where: on CPU a resumed run repeats the uninterrupted one bit for bit (the tests
+check it, also for gloo DDP). On CUDA with `training.cudnn_benchmark: true` (the default, the
+fastest) cuDNN autotunes its algorithms in each process, so a resumed run can pick other kernels
+and drift at float-rounding level; with `false` the trainer turns on cuDNN's deterministic mode
+and torch.use_deterministic_algorithms(warn_only=True), so a resumed step repeats the
+uninterrupted one on the same GPU model, driver and torch version, except for ops that have no
+deterministic CUDA kernel (torch warns about those). Different GPUs or versions are never bitwise equal.
 """
 
 from __future__ import annotations
@@ -35,7 +52,9 @@ from torch import nn
 
 from ganaug.augment import AugmentPipe
 from ganaug.config import RunConfig
+from ganaug.errors import UserError
 from ganaug.losses import LossContext, make_adversarial_loss, set_requires_grad, unwrap
+from ganaug.models.layers import mbstd_group_for
 from ganaug.models.registry import DataInfo, GANFamily, get_family
 from ganaug.training.pairs import source_transform
 
@@ -228,6 +247,14 @@ def make_batch_source(family: type[GANFamily], cfg: RunConfig, images: np.ndarra
 # ============================================================================ trainer
 
 
+def set_cudnn_mode(benchmark: bool) -> None:
+    """training.cudnn_benchmark: autotuned (fast) or deterministic cuDNN; see the module doc."""
+    torch.backends.cudnn.benchmark = bool(benchmark)
+    torch.backends.cudnn.deterministic = not benchmark
+    if not benchmark:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _to_cpu(obj: Any) -> Any:
     """Deep copy with every tensor detached, cloned and on the CPU (a snapshot, safe to save)."""
     if isinstance(obj, torch.Tensor):
@@ -253,6 +280,8 @@ class GANTrainer:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            set_cudnn_mode(tc.cudnn_benchmark)
         self.family = get_family(cfg.model.family)
 
         images = np.asarray(images)
@@ -280,18 +309,29 @@ class GANTrainer:
         if self.cuda:
             G = G.to(memory_format=torch.channels_last)
             D = D.to(memory_format=torch.channels_last)
+        group = int(getattr(D, "mbstd_group", 0) or 0)
+        if group > 0:
+            try:
+                mbstd_group_for(group, tc.batch_size)
+            except ValueError as e:
+                raise UserError(f"config key 'training.batch_size': {e}") from None
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         self.G, self.D = self._wrap(G), self._wrap(D)
 
-        betas = (tc.beta1, tc.beta2)
-        self.opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=betas)
+        # Lazy regularisation's Adam scaling (stylegan2-ada-pytorch): a regulariser that runs
+        # every I steps takes one extra step per I, so lr and betas are scaled by I / (I + 1).
+        self.mb_ratio_d = tc.r1_every / (tc.r1_every + 1) if tc.r1_gamma > 0 else 1.0
+        self.mb_ratio_g = tc.pl_every / (tc.pl_every + 1) if tc.pl_weight > 0 else 1.0
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+        self._set_hyperparameters(0)
         self.augment = AugmentPipe(tc.augment, tc.ada_p, target=tc.ada_target, interval=tc.ada_interval,
                                    kimg=tc.ada_kimg)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.cuda else None
         ctx = LossContext(adversarial=make_adversarial_loss(tc.loss), augment=self.augment,
                           r1_gamma=tc.r1_gamma, r1_every=tc.r1_every, gp_weight=tc.gp_weight,
-                          use_gp=tc.loss == "wgan-gp", autocast=autocast)
+                          use_gp=tc.loss == "wgan-gp", autocast=autocast, pl_weight=tc.pl_weight,
+                          pl_every=tc.pl_every)
         loss_kwargs = self.family.loss_kwargs(cfg.model, self.data_info)
         self.loss = self.family.loss_cls(self.G, self.D, ctx, **loss_kwargs)
         self.batches = make_batch_source(self.family, cfg, images, labels, rank=self.rank,
@@ -299,6 +339,7 @@ class GANTrainer:
                                          channels_last=self.cuda, source_images=source_images)
         self.step = 0
         self.images_seen = 0
+        self._gathered_loss_states: tuple[int, list] | None = None
 
     # ------------------------------------------------------------------------ setup
     @property
@@ -316,19 +357,39 @@ class GANTrainer:
                    find_unused_parameters=bool(getattr(self.family, "find_unused_parameters", False)))
 
     # ------------------------------------------------------------------------ one step
+    def lr_factor(self, step: int) -> float:
+        """training.lr_decay at a step: 1, or for "linear" 1 until lr_decay_start of the steps,
+        then falling linearly to 0 at the last step (junyanz's n_epochs + n_epochs_decay)."""
+        tc = self.cfg.training
+        if tc.lr_decay != "linear":
+            return 1.0
+        start = int(tc.steps * tc.lr_decay_start)
+        return 1.0 - max(0, step - start) / max(1, tc.steps - start)
+
+    def _set_hyperparameters(self, step: int) -> None:
+        # Set every step from the config (not kept in the optimiser state), so resuming,
+        # even from a checkpoint written before lazy scaling existed, follows the same schedule.
+        tc, factor = self.cfg.training, self.lr_factor(step)
+        for opt, lr, mb in ((self.opt_g, tc.lr_g, self.mb_ratio_g), (self.opt_d, tc.lr_d, self.mb_ratio_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * mb * factor
+                group["betas"] = (tc.beta1 ** mb, tc.beta2 ** mb)
+
     def train_step(self) -> dict[str, float]:
         tc = self.cfg.training
         torch.manual_seed(derive_seed(tc.seed, "step", self.rank, self.step))
+        self._set_hyperparameters(self.step)
         batch = self.batches.next()
         G_raw, D_raw = unwrap(self.G), unwrap(self.D)
         G_raw.train()
         D_raw.train()
         stats: dict[str, float] = {}
-        for phase, opt in (("D", self.opt_d), ("Dreg", self.opt_d), ("G", self.opt_g)):
+        for phase, opt in (("D", self.opt_d), ("Dreg", self.opt_d), ("G", self.opt_g), ("Greg", self.opt_g)):
             if not self.loss.wants_phase(phase, self.step):
                 continue
-            set_requires_grad(G_raw, phase == "G")
-            set_requires_grad(D_raw, phase != "G")
+            trains_g = phase in ("G", "Greg")
+            set_requires_grad(G_raw, trains_g)
+            set_requires_grad(D_raw, not trains_g)
             opt.zero_grad(set_to_none=True)
             s = self.loss.accumulate_gradients(phase, batch, self.step)
             if s:  # {} means the phase had nothing to do (no backward)
@@ -368,7 +429,53 @@ class GANTrainer:
         for p_ema, p in zip(self.G_ema.parameters(), G_raw.parameters()):
             p_ema.lerp_(p.detach(), 1.0 - beta)
         for b_ema, b in zip(self.G_ema.buffers(), G_raw.buffers()):
-            b_ema.copy_(b)  # BatchNorm running stats etc. are copied, not averaged
+            # Copied, not averaged (StyleGAN2's w_avg as the reference); BatchNorm statistics
+            # are replaced by G_ema's own before each checkpoint (`recompute_ema_batchnorm`).
+            b_ema.copy_(b)
+
+    STANDING_BATCHES = 16
+
+    @torch.no_grad()
+    def recompute_ema_batchnorm(self) -> bool:
+        """BigGAN's standing statistics: reset G_ema's BatchNorm running statistics and re-estimate
+        them (a cumulative average) over STANDING_BATCHES train-mode forwards of G_ema itself, on
+        latents and uniform labels from a generator seeded by (seed, step): the live G's statistics
+        belong to the live weights, not the averaged ones. Uses no global RNG. False: no BatchNorm."""
+        bns = [m for m in self.G_ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return False
+        tc = self.cfg.training
+        gen = torch.Generator(device=self.device).manual_seed(derive_seed(tc.seed, "standing", self.step))
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches below
+        k = int(getattr(self.G_ema, "num_classes", 0) or 0)
+        self.G_ema.train()
+        try:
+            for _ in range(self.STANDING_BATCHES):
+                z = torch.randn(tc.batch_size, self.G_ema.z_dim, generator=gen, device=self.device)
+                labels = torch.randint(k, (tc.batch_size,), generator=gen, device=self.device) if k else None
+                self.G_ema(z, labels)
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+            self.G_ema.eval()
+        return True
+
+    def prepare_checkpoint(self) -> None:
+        """Collectives before a checkpoint (every rank calls it at the same step): see the module doc."""
+        pipe = self.augment
+        if self.distributed and pipe.adaptive:
+            t = torch.tensor([pipe.acc_sum, float(pipe.acc_n)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            total_sum, total_n = (float(t[0]), int(round(float(t[1])))) if self.rank == 0 else (0.0, 0)
+            pipe.acc_sum, pipe.acc_n = total_sum, total_n
+        if self.distributed:
+            states: list = [None] * self.world_size
+            dist.all_gather_object(states, _to_cpu(self.loss.state_dict()))
+            self._gathered_loss_states = (self.step, states)
+        self.recompute_ema_batchnorm()
 
     def _update_ada(self, stats: dict[str, float]) -> None:
         pipe, tc = self.augment, self.cfg.training
@@ -422,8 +529,10 @@ class GANTrainer:
                 sums.clear()
                 counts.clear()
                 t_win, images_win = now, 0
-            if on_checkpoint is not None and (self.step % checkpoint_every == 0 or last):
-                on_checkpoint(self.step)
+            if self.step % checkpoint_every == 0 or last:
+                self.prepare_checkpoint()
+                if on_checkpoint is not None:
+                    on_checkpoint(self.step)
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
         if not self.distributed or not values:
@@ -475,6 +584,8 @@ class GANTrainer:
             "opt_d": self.opt_d.state_dict(),
             "augment": self.augment.state_dict(),
             "batches": self.batches.state_dict(),
+            # Per rank (gathered by prepare_checkpoint under DDP); rank r resumes from entry r.
+            "loss": {"ranks": self._loss_states()},
             # Informational: train_step reseeds from (seed, rank, step), see the module doc.
             "rng": {"torch": torch.get_rng_state()},
         }
@@ -497,6 +608,11 @@ class GANTrainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.augment.load_state_dict(state["augment"])
+        if self.distributed and self.rank != 0:
+            # The saved accumulators are rank 0's totals (see prepare_checkpoint): count them once.
+            self.augment.acc_sum, self.augment.acc_n = 0.0, 0
+        ranks = (state.get("loss") or {}).get("ranks") or [{}]
+        self.loss.load_state_dict(ranks[self.rank] if self.rank < len(ranks) else ranks[0])
         self.batches.load_state_dict(state["batches"])
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
@@ -505,6 +621,11 @@ class GANTrainer:
             torch.set_rng_state(rng["torch"])
         if self.cuda and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _loss_states(self) -> list:
+        if self._gathered_loss_states is not None and self._gathered_loss_states[0] == self.step:
+            return self._gathered_loss_states[1]
+        return [self.loss.state_dict()]
 
     def model_meta(self) -> dict:
         """What checkpoint.save_checkpoint's meta needs (model.json), all JSON-able."""
