@@ -36,7 +36,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_checkpoint(uri: str, family: str, seed: int = 0) -> str:
+def make_checkpoint(uri: str, family: str, seed: int = 0, width: int = 8) -> str:
     import torch
 
     from ganaug import checkpoint
@@ -46,7 +46,7 @@ def make_checkpoint(uri: str, family: str, seed: int = 0) -> str:
     fam = get_family(family)
     k = K if family == "cgan" else 0
     data = DataInfo(RES, CH, k, [f"c{i}" for i in range(k)])
-    kwargs = fam.generator_kwargs(ModelConfig(family=family, width=8, z_dim=16, max_width=32, embed_dim=8), data)
+    kwargs = fam.generator_kwargs(ModelConfig(family=family, width=width, z_dim=16, max_width=max(32, width), embed_dim=8), data)
     torch.manual_seed(seed)
     G = fam.build_generator(kwargs)
     checkpoint.save_checkpoint(uri, generator_ema=G, meta={
