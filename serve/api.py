@@ -209,6 +209,9 @@ def build_api(ingress: "GanaugAPI") -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's "cannot parse the body" (e.g. broken multipart): a bad field
+            field = "image" if request.url.path.rstrip("/").endswith("/translate") else "body"
+            return error(422, f"{field}: {exc.detail}", field)
         return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
