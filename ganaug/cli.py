@@ -68,13 +68,19 @@ def sample(checkpoint_uri: str, num: int, out: str, seed: int, truncation: float
               help="Add or override a model of the config's model map (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--use-gpu", is_flag=True, help="One GPU per generator replica (num_gpus: 1), sampling on CUDA.")
+@click.option("--allow-unauthenticated", is_flag=True,
+              help="Serve beyond loopback without $GANAUG_API_TOKEN (an open API, on purpose).")
 @click.pass_context
-def serve_cmd(ctx: click.Context, config: str | None, model_specs: tuple[str, ...], host: str, port: int) -> None:
-    """Run the HTTP service (Ray Serve) in the foreground until Ctrl-C.
+def serve_cmd(ctx: click.Context, config: str | None, model_specs: tuple[str, ...], host: str, port: int,
+              use_gpu: bool, allow_unauthenticated: bool) -> None:
+    """Run the HTTP service (Ray Serve) and its gallery page in the foreground until Ctrl-C.
 
-    The bearer token comes from $GANAUG_API_TOKEN when set (or the config's args.token).
+    The bearer token comes from $GANAUG_API_TOKEN, read inside the ingress replica. Binding
+    beyond loopback without it is refused unless --allow-unauthenticated.
     """
-    from serve.app import build_args, load_app_config, run_foreground
+    from serve.args import build_args, load_app_config
+    from serve.run import REQUEST_TIMEOUT_S, run_foreground
 
     entry, http = load_app_config(config)
     raw = dict(entry["args"])
@@ -87,6 +93,8 @@ def serve_cmd(ctx: click.Context, config: str | None, model_specs: tuple[str, ..
     if not models:
         raise click.UsageError("no models to serve: give a CONFIG with args.models or --model ID=URI")
     raw["models"] = models
+    if use_gpu:
+        raw["use_gpu"] = True
     # Explicit flags win; otherwise the config's http_options; otherwise the defaults.
     src = ctx.get_parameter_source
     if src("host") is click.core.ParameterSource.DEFAULT and http.get("host"):
@@ -94,7 +102,9 @@ def serve_cmd(ctx: click.Context, config: str | None, model_specs: tuple[str, ..
     if src("port") is click.core.ParameterSource.DEFAULT and http.get("port"):
         port = int(http["port"])
     run_foreground(build_args(raw), host=host, port=port, name=str(entry.get("name") or "ganaug"),
-                   route_prefix=str(entry.get("route_prefix") or "/"), echo=click.echo)
+                   route_prefix=str(entry.get("route_prefix") or "/"),
+                   request_timeout_s=float(http.get("request_timeout_s") or REQUEST_TIMEOUT_S),
+                   allow_unauthenticated=allow_unauthenticated, echo=click.echo)
 
 
 # ------------------------------------------------------------------------ generate / translate

@@ -1,4 +1,4 @@
-"""A small Python client of the ganaug HTTP API (serve/app.py).
+"""A small Python client of the ganaug HTTP API (serve/api.py; schema at GET /openapi.json).
 
     from ganaug.client import GeneratorClient
     with GeneratorClient("http://127.0.0.1:8000", token=...) as c:

@@ -7,100 +7,20 @@ deleted and Serve shut down at the end, so other modules sharing the Ray session
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import pytest
 
-if not hasattr(sys.modules.get("conftest"), "ray_session"):  # until conftest provides it
-    from ray_fixtures import ray_session  # noqa: F401
-
-TOKEN = "test-token-5f1d0c"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-RES, CH, K = 16, 1, 10
-LIMITS = {"max_n": 32, "max_body_bytes": 2048, "max_upload_bytes": 8192, "max_upload_pixels": 256 * 256,
-          "min_truncation": 0.0, "max_truncation": 2.0}
-
-
-# ----------------------------------------------------------------------------- fixtures
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_checkpoint(uri: str, family: str, seed: int = 0) -> str:
-    import torch
-
-    from ganaug import checkpoint
-    from ganaug.config import ModelConfig
-    from ganaug.models.registry import DataInfo, get_family
-
-    fam = get_family(family)
-    k = K if family == "cgan" else 0
-    data = DataInfo(RES, CH, k, [f"c{i}" for i in range(k)])
-    kwargs = fam.generator_kwargs(ModelConfig(family=family, width=8, z_dim=16, max_width=32, embed_dim=8), data)
-    torch.manual_seed(seed)
-    G = fam.build_generator(kwargs)
-    checkpoint.save_checkpoint(uri, generator_ema=G, meta={
-        "family": family, "kind": fam.kind, "generator_kwargs": kwargs, "resolution": RES, "channels": CH,
-        "num_classes": k, "class_names": data.class_names})
-    return uri
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("serve-ckpts")
-    return {name: make_checkpoint(str(root / name), name) for name in ("cgan", "dcgan", "pix2pix")}
-
-
-@pytest.fixture(scope="module")
-def samplers(ckpts):
-    from ganaug.sampling import Sampler
-
-    return {k: Sampler.from_checkpoint(v, device="cpu") for k, v in ckpts.items()}
-
-
-@pytest.fixture(scope="module")
-def service(ray_session, ckpts):
-    from ray import serve
-
-    from serve.app import ServeArgs, app_builder
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = ServeArgs(models=ckpts, token=TOKEN, expose_stats=True, num_cpus=0.5, ingress_num_cpus=0.1,
-                     max_batch_size=16, batch_wait_timeout_s=0.05, max_ongoing_requests=64,
-                     max_queued_requests=256, max_models_per_replica=3, **LIMITS)
-    serve.run(app_builder(args), name="ganaug-test", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=60) as http:
-        assert http.get("/healthz").status_code == 200, "Serve did not come up on our port"
-        yield http
-    try:
-        serve.delete("ganaug-test")
-        serve.delete("ganaug-tight")
-    finally:
-        serve.shutdown()
-
-
-def _png(image: np.ndarray) -> bytes:
-    from serve.app import encode_png
-
-    return encode_png(image)
-
-
-def _b64s(answer: dict) -> list[bytes]:
-    return [base64.b64decode(im["data"]) for im in answer["images"]]
+from serve_fixtures import (  # noqa: F401  (fixtures)
+    AUTH, CH, K, LIMITS, RES, TOKEN, TOKEN_ENV, ckpts, make_checkpoint, samplers, service)
+from serve_fixtures import b64s as _b64s
+from serve_fixtures import png as _png
 
 
 # ------------------------------------------------------------------------- success paths
@@ -239,7 +159,6 @@ def test_unknown_model_is_404(service):
     ("cgan", {"n": 1, "label": -1}, "label", [0, 9]),
     ("cgan", {"n": 3, "labels": [1, 2]}, "labels", None),
     ("cgan", {"n": 1, "label": 1, "labels": [1]}, "labels", None),
-    ("cgan", {"n": 2}, "labels", [0, 9]),
     ("dcgan", {"n": 1, "label": 3}, "labels", None),
     ("cgan", {"n": 1, "label": 1, "truncation": -0.1}, "truncation", [0.0, 2.0]),
     ("cgan", {"n": 1, "label": 1, "truncation": 2.5}, "truncation", [0.0, 2.0]),
@@ -249,6 +168,8 @@ def test_unknown_model_is_404(service):
     ("cgan", {"n": 1, "label": 1, "format": "jpeg"}, "format", ["png"]),
     ("cgan", {"n": 1, "label": 1, "nn": 3}, "nn", None),
     ("cgan", [1, 2], "body", None),
+    ("cgan", {"n": 1, "label": 1, "seed": 1.5}, "seed", None),
+    ("cgan", {"n": None, "labels": [1, "x"]}, "labels", None),
     ("pix2pix", {"n": 1}, "model", None),
 ])
 def test_bad_fields_are_422_naming_field_and_limit(service, model, body, field, limit):
@@ -340,7 +261,7 @@ def tight(service, ckpts):
 
     from serve.app import ServeArgs, app_builder
 
-    args = ServeArgs(models={"a": ckpts["cgan"], "b": ckpts["dcgan"]}, token=TOKEN, expose_stats=True,
+    args = ServeArgs(models={"a": ckpts["cgan"], "b": ckpts["dcgan"]}, token_env=TOKEN_ENV, expose_stats=True,
                      num_cpus=0.25, ingress_num_cpus=0.1, max_batch_size=1, max_ongoing_requests=1,
                      max_queued_requests=1, max_models_per_replica=1, **LIMITS)
     serve.run(app_builder(args), name="ganaug-tight", route_prefix="/tight")
@@ -371,8 +292,9 @@ def test_lru_bound_reloads_evicted_models(service, tight):
         r = service.post(f"{tight}/v1/models/{mid}/samples", headers=AUTH,
                          json={"n": 1, "seed": 0, **({"label": 0} if mid == "a" else {})})
         assert r.status_code == 200, r.text
-    loads = service.get(f"{tight}/v1/_stats", headers=AUTH).json()["loads"]
-    assert loads.get("b") == 1 and loads.get("a", 0) >= 2  # one model per replica: 'a' was evicted
+    stats = service.get(f"{tight}/v1/_stats", headers=AUTH).json()
+    assert stats["loads"].get("b") == 1 and stats["loads"].get("a", 0) >= 2  # one model per replica: 'a' was evicted
+    assert stats["live_generators"] == 1, "an evicted model's generator must be freed"
 
 
 def test_client_retries_503_until_served(service, tight):
@@ -431,7 +353,7 @@ def test_config_yaml_is_a_valid_serve_config():
 
 
 def test_cli_serve_merges_models_and_flags(tmp_path, monkeypatch, ckpts):
-    import serve.app as app_mod
+    import serve.run as app_mod
     from ganaug.cli import main
 
     cfg = tmp_path / "serve.yaml"
@@ -461,3 +383,251 @@ def test_cli_serve_user_errors_exit_2(argv, needle, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------- additions of the typed API
+
+def test_conditional_model_without_label_gets_uniform_labels(service, samplers):
+    """No label -> label j mod K, exactly the rows of `ganaug generate --labels uniform --seed 5`."""
+    from ganaug import shards
+    from ganaug.generation import generate_rows
+    from ganaug.labels import PlanContext, parse_plan
+
+    r = service.post("/v1/models/cgan/samples", headers=AUTH, json={"n": 12, "seed": 5, "truncation": 0.9})
+    assert r.status_code == 200, r.text
+    plan = parse_plan("uniform", PlanContext(num=12, num_classes=K)).labels()
+    assert [im["label"] for im in r.json()["images"]] == [j % K for j in range(12)] == plan.tolist()
+    rows, _, _ = generate_rows(samplers["cgan"], np.arange(12), plan, 5, 0.9, 12)
+    assert _b64s(r.json()) == [shards.get_encoder("png").encode_one(im) for im in rows]
+
+
+def test_openapi_and_docs_follow_the_auth_rules(service):
+    for path in ("/openapi.json", "/docs"):
+        assert service.get(path).status_code == 401
+        assert service.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+    doc = service.get("/openapi.json", headers=AUTH).json()
+    samples = doc["paths"]["/v1/models/{model_id}/samples"]["post"]
+    assert {"401", "404", "422", "503"} <= set(samples["responses"])
+    req = doc["components"]["schemas"]["SampleRequest"]["properties"]
+    assert {"type": "integer", "maximum": 32, "minimum": 1} in req["n"]["anyOf"]  # max_n is in the schema
+    assert "bearer" in json.dumps(doc["components"]["securitySchemes"]).lower()
+    translate = doc["paths"]["/v1/models/{model_id}/translate"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/png"} <= set(translate)
+    page = service.get("/docs", headers=AUTH)
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+
+
+@pytest.mark.parametrize("content,ctype,field", [
+    (b"[" * 2000, "application/json", "body"),                 # within max_body_bytes, too deep for json
+    (b"[" * 16384, "application/json", "body"),                # 16 KiB of nesting: over the limit
+    (b'{"a":' * 600 + b"1" + b"}" * 600, "application/json", "body"),
+    (b"\x80\x81\xfe\xff" * 8, "application/json", "body"),     # not UTF-8 (nor 16/32)
+    (b'{"n": 1, "label": 1}', "text/plain", "body"),            # wrong content type
+    (b'{"n": 1, "label": 1}', "application/x-www-form-urlencoded", "body"),
+    (b"n=1&label=1", "multipart/form-data; boundary=x", "body"),
+    (b'"\\ud800"', "application/json", "body"),                 # a lone surrogate, a string
+    (b"1e999999", "application/json", "body"),
+])
+def test_hostile_sample_bodies_are_422(service, content, ctype, field):
+    r = service.post("/v1/models/cgan/samples", headers={**AUTH, "Content-Type": ctype}, content=content)
+    assert r.status_code == 422, (r.status_code, r.text)
+    assert r.json()["field"] == field
+
+
+def test_hostile_uploads_and_paths_are_4xx(service):
+    hdr = {**AUTH, "Content-Type": "image/png"}
+    for body in (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, b"[" * 5000, "é".encode("latin-1") * 100):
+        r = service.post("/v1/models/pix2pix/translate", headers=hdr, content=body)
+        assert r.status_code == 422 and r.json()["field"] == "image", r.text
+    big = b"x" * 40_000  # an oversize multipart upload: refused before it is parsed
+    r = service.post("/v1/models/pix2pix/translate", headers=AUTH, files={"image": ("x.png", big, "image/png")})
+    assert r.status_code == 422 and r.json()["limit"] == LIMITS["max_upload_bytes"]
+    for path in ("/v1/models/%FF%FE/samples", "/v1/models/" + "a" * 3000 + "/samples"):
+        r = service.post(path, headers=AUTH, json={"n": 1})
+        assert r.status_code == 404, r.text
+    r = service.post("/v1/models/cgan/samples", headers={**AUTH, "X-Junk": b"\xff\xfe"}, json={"n": 1})
+    assert r.status_code == 200
+    r = service.post("/v1/models/cgan/samples", headers={"Authorization": b"Bearer \xff\xfe"}, json={"n": 1})
+    assert r.status_code == 401
+
+
+def test_gallery_page_and_assets_are_served(service):
+    page = service.get("/gallery")
+    assert page.status_code == 200 and "ganaug gallery" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert service.get("/").text == page.text
+    assert service.get("/gallery/static/gallery.js").status_code == 200
+    assert service.get("/gallery/static/../api.py").status_code == 404
+
+
+def test_probe_fails_for_a_model_that_cannot_sample(ckpts):
+    import torch
+
+    from ganaug.sampling import Sampler
+    from serve.pool import probe
+
+    good = Sampler.from_checkpoint(ckpts["cgan"], device="cpu")
+    probe(good)
+    probe(Sampler.from_checkpoint(ckpts["pix2pix"], device="cpu"))
+    broken = Sampler.from_checkpoint(ckpts["cgan"], device="cpu")
+    broken.G.z_dim = broken.G.z_dim + 1  # latents of the wrong width: the forward raises
+    with pytest.raises((RuntimeError, ValueError, torch.nn.modules.module.ModuleAttributeError)
+                       if hasattr(torch.nn.modules.module, "ModuleAttributeError") else (RuntimeError, ValueError)):
+        probe(broken)
+
+
+def test_typed_deployment_options(ckpts):
+    from serve.app import ServeArgs, app_builder
+
+    args = ServeArgs(models={"a": ckpts["cgan"]}, autoscaling={"min_replicas": 1, "max_replicas": 3},
+                     max_batch_size=24, use_gpu=True)
+    pool = app_builder(args)._bound_deployment.init_args[0]  # GanaugAPI.bind(pool, ...)
+    dep = pool._bound_deployment
+    cfg = dep._deployment_config
+    assert cfg.autoscaling_config.target_ongoing_requests == 24 and cfg.autoscaling_config.max_replicas == 3
+    assert dep.ray_actor_options["num_gpus"] == 1
+    assert ServeArgs(models={"a": "/x"}).gpus_per_replica == 0
+    with pytest.raises(Exception, match="min_replicas"):
+        ServeArgs(models={"a": "/x"}, autoscaling={"min_replicas": 5, "max_replicas": 2})
+    with pytest.raises(Exception, match="autoscaling_config"):
+        ServeArgs(models={"a": "/x"}, autoscaling_config={"min_replicas": 1})  # the untyped dict is gone
+
+
+def test_no_token_in_bound_args_or_deployed_config(ckpts):
+    from serve.app import ServeArgs, app_builder
+
+    app = app_builder(ServeArgs(models={"a": ckpts["cgan"]}, token_env=TOKEN_ENV))
+    bound = app._bound_deployment
+    assert TOKEN not in repr(bound.init_args) + repr(bound.init_kwargs)
+
+
+@pytest.mark.parametrize("host,env,flag,ok", [
+    ("127.0.0.1", False, False, True), ("localhost", False, False, True), ("::1", False, False, True),
+    ("0.0.0.0", False, False, False), ("10.1.2.3", False, False, False), ("myhost", False, False, False),
+    ("0.0.0.0", True, False, True), ("0.0.0.0", False, True, True),
+])
+def test_exposure_needs_a_token_or_the_flag(monkeypatch, host, env, flag, ok):
+    from serve.args import ServeArgs, ServeConfigError, check_exposure
+
+    monkeypatch.delenv("GANAUG_API_TOKEN", raising=False)
+    if env:
+        monkeypatch.setenv("GANAUG_API_TOKEN", "t")
+    args = ServeArgs(models={"a": "/x"})
+    if ok:
+        check_exposure(args, host, flag)
+    else:
+        with pytest.raises(ServeConfigError, match="--allow-unauthenticated"):
+            check_exposure(args, host, flag)
+
+
+def test_cli_serve_refuses_open_exposure(ckpts, capsys, monkeypatch):
+    import serve.run as run_mod
+    from ganaug.cli import main
+
+    monkeypatch.delenv("GANAUG_API_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", f"a={ckpts['cgan']}", "--host", "0.0.0.0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--allow-unauthenticated" in err
+    seen = {}
+    monkeypatch.setattr(run_mod, "run_foreground", lambda args, **kw: seen.update(args=args, **kw))
+    main(["serve", "--model", f"a={ckpts['cgan']}", "--host", "0.0.0.0", "--allow-unauthenticated", "--use-gpu"])
+    assert seen["allow_unauthenticated"] and seen["args"].gpus_per_replica == 1 and seen["request_timeout_s"] > 0
+
+
+# --------------------------------------------- multiplexing, internal errors, dead replicas
+
+@pytest.fixture(scope="module")
+def multi(service, ckpts, tmp_path_factory):
+    """A third app: a small and a slow-to-load model, and one whose weights vanish after the build."""
+    import shutil
+
+    from ray import serve
+
+    from serve.app import ServeArgs, app_builder
+
+    root = tmp_path_factory.mktemp("multi")
+    big = make_checkpoint(str(root / "big"), "cgan", seed=3, width=256)
+    broken = shutil.copytree(ckpts["cgan"], str(root / "broken"))
+    args = ServeArgs(models={"a": ckpts["cgan"], "big": big, "broken": broken}, token_env=TOKEN_ENV,
+                     expose_stats=True, num_cpus=0.25, ingress_num_cpus=0.1, max_models_per_replica=2, **LIMITS)
+    serve.run(app_builder(args), name="ganaug-multi", route_prefix="/multi")
+    for f in (root / "broken").rglob("*.safetensors"):
+        f.unlink()
+    return "/multi"
+
+
+def test_cold_load_does_not_block_loaded_models(service, multi):
+    url = f"{multi}/v1/models/{{}}/samples"
+    assert service.post(url.format("a"), headers=AUTH, json={"n": 1, "label": 0}).status_code == 200
+    done: dict[str, float] = {}
+
+    def cold():
+        r = service.post(url.format("big"), headers=AUTH, json={"n": 1, "label": 0})
+        done["big"] = time.monotonic()
+        assert r.status_code == 200, r.text
+
+    t = threading.Thread(target=cold)
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.05)
+    warm = []
+    while t.is_alive() and len(warm) < 20:
+        r = service.post(url.format("a"), headers=AUTH, json={"n": 1, "label": 1})
+        assert r.status_code == 200
+        warm.append(time.monotonic())
+    t.join(60)
+    assert warm and warm[0] < done["big"], "a request for a loaded model waited for another model's load"
+    assert done["big"] - t0 > 0  # sanity
+    stats = service.get(f"{multi}/v1/_stats", headers=AUTH).json()
+    assert stats["live_generators"] <= 2
+
+
+def test_internal_error_is_a_generic_500(service, multi):
+    r = service.post(f"{multi}/v1/models/broken/samples", headers=AUTH, json={"n": 1, "label": 0})
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal error; the server log has the details"}
+    assert "safetensors" not in r.text and "broken" not in r.text
+
+
+def test_a_dead_replica_answers_503_not_500(service, multi):
+    import ray
+
+    url = f"{multi}/v1/models/a/samples"
+    pool = [a for a in ray.util.list_named_actors(all_namespaces=True)
+            if "ganaug-multi" in a["name"] and "GeneratorPool" in a["name"]]
+    assert pool, ray.util.list_named_actors(all_namespaces=True)
+    ray.kill(ray.get_actor(pool[0]["name"], namespace=pool[0]["namespace"]), no_restart=True)
+    codes = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        codes.append(service.post(url, headers=AUTH, json={"n": 1, "label": 0}).status_code)
+        if codes[-1] == 200 and len(codes) > 1:
+            break
+        time.sleep(0.1)
+    assert set(codes) <= {200, 503}, codes
+    assert codes[-1] == 200, codes  # Serve replaced the replica
+
+
+def test_token_never_reaches_logs_or_the_deployed_config(service, multi):
+    """After all of the above: the token is in no file of the Ray session and no Serve status."""
+    import ray
+    from pathlib import Path
+
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    assert TOKEN not in repr(serve.status())
+    assert TOKEN not in json.dumps(_get_global_client().get_serve_details(), default=str)
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    needle = TOKEN.encode()
+    scanned = 0
+    for path in session.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 200 << 20:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            scanned += 1
+            assert needle not in data, f"the token is in {path}"
+    assert scanned > 10
