@@ -147,9 +147,14 @@ def test_eval_batch_invariance(num_classes):
     with torch.no_grad():
         batch = G(z, y, truncation=0.7)
         for i in range(5):
-            alone = G(z[i:i + 1], None if y is None else y[i:i + 1], truncation=0.7)
+            # Same batch shape, the row alone among padding (the Sampler's fixed-size chunks):
+            # identical bytes. A batch of one is another kernel path: float tolerance only.
+            pad_z = torch.cat([z[i:i + 1], torch.zeros(4, 16)])
+            pad_y = None if y is None else torch.cat([y[i:i + 1], torch.zeros(4, dtype=torch.long)])
+            alone = G(pad_z, pad_y, truncation=0.7)[:1]
             assert to_bytes(alone) == to_bytes(batch[i:i + 1])
-            assert torch.equal(alone, batch[i:i + 1])
+            single = G(z[i:i + 1], None if y is None else y[i:i + 1], truncation=0.7)
+            assert torch.allclose(single, batch[i:i + 1], atol=1e-5)
         again = G(z, y, truncation=0.7)
     assert torch.equal(batch, again)
 
