@@ -101,7 +101,56 @@ def load_meta(uri: str) -> dict[str, Any]:
         raise CheckpointError(f"corrupt {marker}: {e}") from None
     if not isinstance(meta, dict) or "family" not in meta:
         raise CheckpointError(f"corrupt {marker}: not a ganaug model.json")
+    check_version(marker, meta)
+    validate_meta(marker, meta)
     return meta
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    m = re.match(r"^(\d+)\.(\d+)", str(version))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_version(marker: str, meta: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose format this ganaug may not read: one written by another
+    major version, or by a newer minor one (older minors of the same major stay readable)."""
+    theirs = meta.get("ganaug_version")
+    ours, got = _major_minor(__version__), _major_minor(theirs) if isinstance(theirs, str) else None
+    if got is None:
+        raise CheckpointError(f"{marker}: no valid ganaug_version (got {theirs!r}); not written by ganaug")
+    if got[0] != ours[0] or got > ours:
+        raise CheckpointError(f"{marker}: written by ganaug {theirs}, this is ganaug {__version__}; "
+                              f"use ganaug {got[0]}.{got[1]} to read it (checkpoint formats differ)")
+
+
+# field -> (accepted types, check, what it must be): checked before anything is built from it
+_META_FIELDS = {
+    "family": (str, lambda v: bool(re.fullmatch(r"[a-z0-9_]{1,32}", v)), "a family name"),
+    "kind": (str, lambda v: v in ("noise", "translation"), "'noise' or 'translation'"),
+    "generator_kwargs": (dict, lambda v: all(isinstance(k, str) for k in v), "a mapping"),
+    "resolution": (int, lambda v: 1 <= v <= 4096, "an integer 1..4096"),
+    "channels": (int, lambda v: v in (1, 3), "1 or 3"),
+    "num_classes": (int, lambda v: 0 <= v <= 100_000, "an integer 0..100000"),
+    "class_names": (list, lambda v: len(v) <= 100_000 and all(isinstance(n, str) and len(n) <= 256 for n in v),
+                    "a list of strings (each at most 256 characters)"),
+}
+
+
+def validate_meta(marker: str, meta: dict[str, Any]) -> None:
+    """Field types and ranges of model.json, so a hostile or damaged file fails with the
+    field named instead of building a huge or wrong model."""
+    for key, (tp, ok, what) in _META_FIELDS.items():
+        if key not in meta:
+            raise CheckpointError(f"{marker}: field {key!r} is missing")
+        v = meta[key]
+        if not isinstance(v, tp) or isinstance(v, bool) or not ok(v):
+            raise CheckpointError(f"{marker}: field {key!r} must be {what}, got {str(v)[:60]!r}")
+    if meta["num_classes"] and len(meta["class_names"]) != meta["num_classes"]:
+        raise CheckpointError(f"{marker}: field 'class_names' has {len(meta['class_names'])} names "
+                              f"for num_classes {meta['num_classes']}")
+    for k, v in meta["generator_kwargs"].items():
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= 1 << 16:
+            raise CheckpointError(f"{marker}: field 'generator_kwargs.{k}' is out of range: {v}")
 
 
 def _read_verified(uri: str, name: str, meta: dict[str, Any]) -> bytes:

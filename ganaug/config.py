@@ -347,6 +347,40 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+MAX_YAML_ALIASES = 100       # a run config needs a handful; a "billion laughs" needs thousands
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000     # nodes after expanding every alias
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain data only, no Python objects) that refuses more than
+    MAX_YAML_ALIASES alias uses, so nested anchors cannot expand into a YAML bomb."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); "
+                                  "refusing a possible YAML bomb")
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node):
+        sizes: dict[int, int] = {}
+
+        def expanded(n) -> int:  # memoised: shared (aliased) nodes are counted once per use
+            if id(n) not in sizes:
+                sizes[id(n)] = 1  # a recursive alias counts as one while it is walked
+                kids = [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode) \
+                    else n.value if isinstance(n, yaml.SequenceNode) else []
+                sizes[id(n)] = 1 + sum(expanded(k) for k in kids)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_YAML_NODES:
+            raise ConfigError(f"YAML expands to more than {MAX_YAML_NODES} values through its "
+                              "aliases; refusing a possible YAML bomb")
+        return super().construct_document(node)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (or the defaults when path is None) and apply overrides."""
     data: dict = {}
@@ -354,8 +388,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"config file {p}: larger than {MAX_YAML_BYTES} bytes; not a run config")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(p.read_text(), Loader=_BoundedLoader) or {}
+        except ConfigError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p}: invalid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

@@ -81,6 +81,8 @@ def parent(uri: str) -> str:
 
 # ---------------------------------------------------------------------------- filesystems
 
+S3_RETRY_ATTEMPTS = int(os.environ.get("GANAUG_S3_RETRY_ATTEMPTS", "6"))
+S3_TIMEOUT_S = float(os.environ.get("GANAUG_S3_TIMEOUT_S", "30"))
 _S3_CACHE: dict[tuple, pafs.S3FileSystem] = {}
 _S3_LOCK = threading.Lock()
 _LOCAL = pafs.LocalFileSystem()
@@ -109,7 +111,12 @@ def s3_filesystem() -> pafs.S3FileSystem:
     with _S3_LOCK:
         fs = _S3_CACHE.get(key)
         if fs is None:
-            kwargs: dict[str, Any] = {"region": region}
+            # Transient faults (503 SlowDown, resets, timeouts) are retried with the SDK's
+            # exponential backoff; persistent ones surface after S3_RETRY_ATTEMPTS tries.
+            kwargs: dict[str, Any] = {"region": region, "connect_timeout": S3_TIMEOUT_S,
+                                      "request_timeout": S3_TIMEOUT_S,
+                                      "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+                                          max_attempts=S3_RETRY_ATTEMPTS)}
             if endpoint:
                 kwargs["endpoint_override"] = endpoint
                 kwargs["scheme"] = scheme
@@ -149,6 +156,12 @@ def _reason(uri: str, exc: BaseException) -> str:
         return "access denied"
     if "INVALIDACCESSKEYID" in up or "SIGNATUREDOESNOTMATCH" in up or "CREDENTIALS" in up:
         return "invalid or missing AWS credentials"
+    if "SLOWDOWN" in up or "SLOW DOWN" in up or "503" in text or "SERVICE UNAVAILABLE" in up:
+        return f"S3 kept answering 503 SlowDown (gave up after {S3_RETRY_ATTEMPTS} tries)"
+    if "TIMEOUT" in up or "TIMED OUT" in up:
+        return f"S3 request timed out (after {S3_RETRY_ATTEMPTS} tries)"
+    if "CONNECTION RESET" in up or "RESET BY PEER" in up or "RECV FAILURE" in up or "CONNECTION WAS CLOSED" in up:
+        return f"connection reset by the S3 endpoint (after {S3_RETRY_ATTEMPTS} tries)"
     if "NETWORK_CONNECTION" in up or "COULD NOT CONNECT" in up or "CURLCODE" in up:
         endpoint, _ = _s3_endpoint()
         return f"cannot connect to the S3 endpoint ({endpoint or 'AWS default'})"

@@ -126,3 +126,37 @@ def test_checkpoint_on_s3(s3):
     s = Sampler.from_checkpoint(uri)
     assert s.generate([1, 2], [3, 4]).shape == (2, 16, 16, 1)
     assert json.loads(storage.read_bytes(uri + "/model.json"))["family"] == "cgan"
+
+
+def _edit_meta(uri, **changes):
+    path = storage.join(uri, checkpoint.MARKER)
+    meta = json.loads(storage.read_bytes(path))
+    meta.update(changes)
+    storage.write_bytes(path, json.dumps(meta).encode())
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("resolution", "16", "field 'resolution' must be an integer"),
+    ("channels", 7, "field 'channels' must be 1 or 3"),
+    ("class_names", [1, 2], "field 'class_names' must be a list of strings"),
+    ("class_names", ["a", "b"], "2 names for num_classes 10"),
+    ("family", "../../etc", "field 'family' must be a family name"),
+    ("generator_kwargs", {"width": 10 ** 9}, "generator_kwargs.width' is out of range"),
+])
+def test_model_json_fields_are_validated_before_building(tmp_path, cli_error, field, value, match):
+    uri = str(tmp_path / "ck")
+    save_tiny(uri)
+    _edit_meta(uri, **{field: value})
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.build_generator(uri)
+    assert match in cli_error(["sample", "--checkpoint", uri, "--out", str(tmp_path / "g.png")])
+
+
+def test_checkpoint_from_another_version(tmp_path, cli_error):
+    uri = str(tmp_path / "ck")
+    save_tiny(uri)
+    _edit_meta(uri, ganaug_version="9.0.0")
+    line = cli_error(["info", uri])
+    assert "written by ganaug 9.0.0, this is ganaug" in line and "model.json" in line
+    _edit_meta(uri, ganaug_version=None)
+    assert "no valid ganaug_version" in cli_error(["info", uri])

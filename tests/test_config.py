@@ -101,3 +101,25 @@ def test_resume_check_reads_keys_older_runs_lack_as_their_old_meaning():
     assert _diff_sections(old, same) == []
     changed = {**same, "model": {**same["model"], "mode_seeking": 1.0, "width": 32}}
     assert _diff_sections(old, changed) == ["model.mode_seeking: absent (= 0.0) -> 1.0", "model.width: 16 -> 32"]
+
+
+def test_yaml_bomb_is_refused(tmp_path, cli_error):
+    # "billion laughs": 9 levels of 9 aliases each would expand to 9**9 strings.
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    from ganaug.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="YAML bomb"):
+        load_config(bomb)
+    wide = tmp_path / "wide.yaml"
+    wide.write_text('x: &x 1\ny: [' + ", ".join(["*x"] * 500) + "]\n")
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        load_config(wide)
+    # Python tags are not constructed (safe loading)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("model: !!python/object/apply:os.system ['true']\n")
+    assert "evil.yaml: invalid YAML" in cli_error(["train", str(evil)])
+    assert "YAML bomb" in cli_error(["train", str(bomb)])

@@ -129,7 +129,10 @@ def test_conform_channels_and_resize():
     assert up.shape == (32, 32, 3) and up.dtype == np.uint8
     assert (up[..., 0] == up[..., 2]).all()  # grey replicated
     rgba = np.dstack([rgb, np.full((5, 7), 9, np.uint8)])
-    assert (conform(rgba) == rgb).all()  # alpha dropped
+    # alpha is composited over black (rounded): colour * alpha / 255
+    assert (conform(rgba) == ((rgb.astype(int) * 9 + 127) // 255)).all()
+    opaque = np.dstack([rgb, np.full((5, 7), 255, np.uint8)])
+    assert (conform(opaque) == rgb).all()
     assert conform(np.ones((4, 4), np.float32)).max() == 255  # [0, 1] floats scaled
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ganaug import storage
 from ganaug.data.base import RawBatch, Reader, chunks
+from ganaug.data.confine import check_inside
 from ganaug.data.spec import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
@@ -54,9 +55,9 @@ class ImageFolderReader(Reader):
     def labels(self, start: int, stop: int) -> np.ndarray:
         return self._labels[start:stop].copy()
 
-    @staticmethod
-    def _read(uri: str):
+    def _read(self, uri: str):
         try:
+            check_inside(self.location, uri, "file")  # a symlink must not leave the folder
             return storage.read_bytes(uri)
         except Exception as e:  # noqa: BLE001 - an unreadable file is a bad item, named later
             return e

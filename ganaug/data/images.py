@@ -12,10 +12,18 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 # A truncated file must be an error (named by the caller), never silently padded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Set deliberately rather than left at Pillow's default (which only warns up to 2x of it):
+# no image ganaug reads may exceed 16384 x 16384 pixels, whatever the target resolution.
+# Pillow raises DecompressionBombError beyond 2x this; decode_image refuses beyond 1x.
+MAX_PIXELS = 16384 * 16384
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# With a target resolution, an image may have at most this many times its pixel count
+# (i.e. 16x the target side): larger ones only cost memory and are almost always bombs.
+PIXELS_PER_TARGET = 256
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -46,8 +54,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def decode_image(data) -> np.ndarray:
-    """Encoded bytes (any Pillow format, or .npy) -> uint8 array H x W or H x W x C."""
+def pixel_limit(resolution: int | None) -> int:
+    """The most pixels an input image may have when it is read for `resolution`."""
+    if not resolution:
+        return MAX_PIXELS
+    return min(MAX_PIXELS, PIXELS_PER_TARGET * max(resolution, 256) ** 2)
+
+
+def decode_image(data, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes (any Pillow format, or .npy) -> uint8 array H x W or H x W x C.
+
+    The format is told from the content, not the file name (a GIF named .png reads as the
+    GIF it is). The EXIF orientation is applied. Images over `max_pixels` are refused from
+    their header, before any pixel is decoded.
+    """
     if isinstance(data, np.ndarray):
         return data
     if isinstance(data, BaseException):
@@ -57,24 +77,44 @@ def decode_image(data) -> np.ndarray:
     data = bytes(data)
     if data.startswith(_NPY_MAGIC):
         try:
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            a = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image
             raise BadImage(f"invalid .npy image: {_first_line(e)}") from None
+        if a.ndim >= 2 and a.shape[0] * a.shape[1] > max_pixels:
+            raise BadImage(f"image of {a.shape[1]}x{a.shape[0]} pixels exceeds the limit of {max_pixels}")
+        return a
     try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise BadImage(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} "
+                               "(decompression bomb, or far larger than the target resolution)")
             im.load()
-            return _pil_to_array(im)
+            return _pil_to_array(ImageOps.exif_transpose(im))
     except BadImage:
         raise
     except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, truncated, bombs, ...
         raise BadImage(f"cannot decode image: {_first_line(e)}") from None
 
 
+def over_black(a: np.ndarray) -> np.ndarray:
+    """H x W x (2|4) uint8 with alpha last -> the colour composited over black, alpha dropped.
+    Black, not white: transparent pixels become 0, the background of MNIST-like data."""
+    colour = a[:, :, :-1].astype(np.uint16)
+    alpha = a[:, :, -1:].astype(np.uint16)
+    return ((colour * alpha + 127) // 255).astype(np.uint8)
+
+
 def _pil_to_array(im: Image.Image) -> np.ndarray:
+    """Defined conversions: L/RGB as they are; 16-bit grey scaled by 255/65535; palette
+    expanded (with its transparency); RGBA/LA/PA composited over black; CMYK/YCbCr/... to RGB."""
     mode = im.mode
     if mode in ("L", "RGB"):
         return np.asarray(im)
-    if mode.startswith("I"):  # 16/32-bit grey: scale the full range down to 8 bits
+    if mode.startswith("I;16"):  # 16-bit grey: the full 0..65535 range maps onto 0..255
+        a = np.asarray(im).astype(np.float64)
+        return np.clip(np.round(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    if mode.startswith("I"):  # 32-bit grey: scale the full range down to 8 bits
         a = np.asarray(im).astype(np.float64)
         top = 65535.0 if a.max(initial=0) > 255 else 255.0
         return np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
@@ -82,9 +122,22 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
         a = np.asarray(im, dtype=np.float64)
         scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
         return np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
-    if mode in ("1", "LA", "La"):
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode == "PA":
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode == "La":
+        im, mode = im.convert("LA"), "LA"
+    if mode == "RGBa":
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in ("LA", "RGBA"):
+        return over_black(np.asarray(im))
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode == "1":
         return np.asarray(im.convert("L"))
-    return np.asarray(im.convert("RGB"))  # P, RGBA, CMYK, YCbCr, ...
+    return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV, ...
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
@@ -107,7 +160,7 @@ def conform(img: np.ndarray, resolution: int | None = None, channels: int | None
     """Any decoded image -> uint8 H x W x C; resized to resolution x resolution when given
     (non-square images are stretched), with `channels` 1 (grey) or 3 (RGB) when given.
 
-    Alpha is dropped. Grey -> RGB replicates the channel; RGB -> grey uses Pillow's ITU-R 601-2
+    Alpha is composited over black. Grey -> RGB replicates the channel; RGB -> grey uses Pillow's ITU-R 601-2
     luma. Upsampling uses bicubic, downsampling Lanczos (anti-aliased).
     """
     a = _to_uint8(np.asarray(img))
@@ -115,10 +168,8 @@ def conform(img: np.ndarray, resolution: int | None = None, channels: int | None
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.shape[0] == 0 or a.shape[1] == 0:
         raise BadImage(f"unsupported image shape {tuple(a.shape)}")
-    if a.shape[2] == 2:
-        a = a[:, :, :1]
-    elif a.shape[2] == 4:
-        a = a[:, :, :3]
+    if a.shape[2] in (2, 4):
+        a = over_black(a)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     target_c = channels or a.shape[2]

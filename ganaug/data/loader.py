@@ -14,6 +14,7 @@ from ganaug.data.images import (
     conform,
     conform_batch,
     decode_image,
+    pixel_limit,
     stack_images,
 )
 from ganaug.data.spec import DatasetError, DatasetSpec, parse_spec
@@ -68,9 +69,10 @@ def _convert(raw: RawBatch, spec: str, names: list[str], resolution, channels, s
             raise DatasetError(f"dataset {spec!r}: {raw.wheres[0]}..{raw.wheres[-1]}: {e}") from None
         return ImageSet(images, raw.labels.astype(np.int64), names, list(raw.sources), [], spec)
     keep, imgs, bad = [], [], []
+    limit = pixel_limit(resolution)
     for i, (where, data) in enumerate(zip(raw.wheres, raw.payloads)):
         try:
-            imgs.append(conform(decode_image(data), resolution, channels))
+            imgs.append(conform(decode_image(data, limit), resolution, channels))
             keep.append(i)
         except BadImage as e:
             if not skip_bad:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ganaug import storage
 from ganaug.data.base import RawBatch, Reader, chunks
+from ganaug.data.images import MAX_PIXELS
 from ganaug.data.spec import DatasetError
 
 IMAGES_MAGIC = 2051
@@ -44,6 +45,44 @@ def _read_exact(f, n: int, uri: str, what: str) -> bytes:
     if len(data) != n:
         raise DatasetError(f"mnist file {uri}: truncated, {what} needs {n} bytes, got {len(data)}")
     return data
+
+
+_READ_CHUNK = 1 << 20
+
+
+def _read_chunked(f, n: int, uri: str, what: str) -> bytes:
+    """_read_exact in bounded pieces: a header claiming far more than the file holds fails
+    as truncated after reading what is there, never allocating the claimed size."""
+    parts, got = [], 0
+    while got < n:
+        want = min(_READ_CHUNK, n - got)
+        try:
+            piece = f.read(want)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DatasetError(f"mnist file {uri}: cannot read {what}: {e}") from None
+        parts.append(piece)
+        got += len(piece)
+        if len(piece) < want:
+            raise DatasetError(f"mnist file {uri}: truncated, {what} needs {n} bytes, got {got}")
+    return b"".join(parts)
+
+
+def check_claimed_size(uri: str, header_bytes: int, dims: tuple[int, ...], whole: bool) -> None:
+    """Refuse an idx header whose dimensions are absurd, or (whole=True, a file read at once)
+    more than the file holds, before anything of that size is allocated. Image rows are read
+    a batch at a time, so rows before a truncation stay readable."""
+    if any(d <= 0 for d in dims):
+        raise DatasetError(f"mnist file {uri}: bad idx dimensions {dims} (each must be > 0)")
+    if len(dims) == 3 and dims[1] * dims[2] > MAX_PIXELS:
+        raise DatasetError(f"mnist file {uri}: idx header claims {dims[1]}x{dims[2]} images, "
+                           f"over the limit of {MAX_PIXELS} pixels")
+    if not whole or uri.endswith(".gz"):
+        return  # the decompressed size is unknown up front; reads are bounded instead
+    claimed = header_bytes + int(np.prod(np.array(dims, dtype=object)))
+    actual = storage.size(uri)
+    if actual < claimed:
+        raise DatasetError(f"mnist file {uri}: truncated, the idx header claims {' x '.join(map(str, dims))} "
+                           f"({claimed} bytes) but the file has {actual}")
 
 
 def read_idx_header(f, uri: str, expect_magic: int) -> tuple[int, ...]:
@@ -99,6 +138,7 @@ class MnistReader(Reader):
             raise DatasetError(f"mnist file {self.images_uri}: expected 3 dimensions (N, H, W), got {dims}")
         self.n, self.h, self.w = dims
         self.header_bytes = 4 + 4 * len(dims)
+        check_claimed_size(self.images_uri, self.header_bytes, dims, whole=False)
         self._labels = self._read_labels()
 
     def _read_labels(self) -> np.ndarray:
@@ -108,7 +148,8 @@ class MnistReader(Reader):
             if len(dims) != 1 or dims[0] != self.n:
                 raise DatasetError(f"mnist file {uri}: {dims[0] if dims else 0} labels for "
                                    f"{self.n} images in {self.images_uri}")
-            data = _read_exact(f, self.n, uri, f"{self.n} labels")
+            check_claimed_size(uri, 8, dims, whole=True)
+            data = _read_chunked(f, self.n, uri, f"{self.n} labels")
         labels = np.frombuffer(data, np.uint8).astype(np.int64)
         if labels.size and labels.max() > 9:
             raise DatasetError(f"mnist file {uri}: label {int(labels.max())} outside 0..9")

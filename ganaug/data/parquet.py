@@ -11,7 +11,7 @@ read one row group at a time, and only the row groups that overlap the requested
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ganaug import storage
 from ganaug.data.base import RawBatch, Reader
+from ganaug.data.confine import confined_uri
 from ganaug.data.spec import DatasetError
 
 MANIFEST = "_manifest.json"
@@ -88,6 +89,7 @@ class ParquetReader(Reader):
         self.image_col, self.image_kind = self._find_image_column(schema)
         self.label_col = self._find_label_column(schema)
         self.class_col = CLASS_NAME_COLUMN if CLASS_NAME_COLUMN in schema.names and self.label_col else None
+        self.hf_names = _huggingface_class_names(schema, self.label_col)
         for uri, meta in zip(self.files[1:], self.metas[1:]):
             names = meta.schema.to_arrow_schema().names
             for col in (self.image_col, self.label_col, self.class_col):
@@ -163,8 +165,9 @@ class ParquetReader(Reader):
                                            f"{names[lab]!r} and {name!r} (in {uri})")
         self._all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         top = int(self._all_labels.max(initial=-1))
-        k = max(top + 1, max(names, default=-1) + 1)
-        self._names = [names.get(i, str(i)) for i in range(k)]
+        k = max(top + 1, max(names, default=-1) + 1, len(self.hf_names))
+        hf = dict(enumerate(self.hf_names))
+        self._names = [names.get(i, hf.get(i, str(i))) for i in range(k)]
 
     def num_rows(self) -> int:
         return sum(self.counts)
@@ -195,11 +198,11 @@ class ParquetReader(Reader):
         return out
 
     def _read_path(self, path: str):
-        uri = path if (storage.is_s3(path) or path.startswith("file://") or os.path.isabs(path)) \
-            else storage.join(self.folder, path)
+        """A row's image stored by path: read only inside the dataset's own folder/prefix
+        (a third-party table must not make workers read secrets or other buckets)."""
         try:
-            return storage.read_bytes(uri)
-        except Exception as e:  # noqa: BLE001 - a bad item, named by the loader
+            return storage.read_bytes(confined_uri(self.folder, path, "image path"))
+        except Exception as e:  # noqa: BLE001 - a bad item, named (with its row) by the loader
             return e
 
     def iter_raw(self, start: int, stop: int, batch_rows: int) -> Iterator[RawBatch]:
@@ -246,6 +249,23 @@ class ParquetReader(Reader):
                             payloads=self._payloads(part.column(self.image_col)),
                         )
                     row += rb.num_rows
+
+
+def _huggingface_class_names(schema: pa.Schema, label_col: str | None) -> list[str]:
+    """ClassLabel names of the label column from the `huggingface` schema metadata, as
+    Hugging Face `datasets` writes it ({"info": {"features": {col: {"_type": "ClassLabel",
+    "names": [...]}}}}); [] when absent or malformed (labels then fall back to their index)."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if not raw or not label_col:
+        return []
+    try:
+        feature = json.loads(raw)["info"]["features"][label_col]
+    except (ValueError, KeyError, TypeError):
+        return []
+    names = feature.get("names") if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return []
+    return list(names)
 
 
 def _labels_of(col) -> np.ndarray:
