@@ -132,14 +132,17 @@ def _shard_options(f):
 @click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi in [0, 2].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Row i uses seed SEED+i.")
 @click.option("--filter", "filter_spec", default=None, help="Keep only images a filter accepts, e.g. fidelity:0.9.")
+@click.option("--size", default=None, metavar="HxW|native",
+              help="Write the images at HxW (antialiased Lanczos resize), or `native`: the size of the data "
+                   "the model was trained on [default: the model's resolution].")
 def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, num, labels, truncation, seed,
-             filter_spec) -> None:
+             filter_spec, size) -> None:
     """Bulk-generate a labelled image set as Parquet shards (Ray Data)."""
     from ganaug.generation import GenerateConfig, run_generate
 
     cfg = GenerateConfig(checkpoint=checkpoint_uri, out=out, num=num, labels=labels, truncation=truncation,
                          seed=seed, rows_per_shard=rows_per_shard, format=fmt, workers=workers, use_gpu=use_gpu,
-                         filter=filter_spec, overwrite=overwrite)
+                         filter=filter_spec, overwrite=overwrite, size=size)
     emit_json(run_generate(cfg))
 
 

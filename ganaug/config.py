@@ -101,7 +101,7 @@ class DataConfig:
     skip_bad: bool = False         # count and list unreadable images instead of failing
     # Image-to-image families: domain A is `source_transform(image)` of the same dataset
     # (paired for pix2pix), or the dataset `source_spec` when set (unpaired for cyclegan).
-    source_transform: str = "invert"   # invert | edges | blur | none
+    source_transform: str = "invert"   # invert | edges | blur | grayscale | none
     source_spec: str = ""
 
     def validate(self, prefix: str = "data") -> None:
@@ -109,8 +109,9 @@ class DataConfig:
         _check(_power_of_two(self.resolution) and 16 <= self.resolution <= 256,
                f"{prefix}.resolution", self.resolution, "a power of two in [16, 256]")
         _check(self.channels in (1, 3), f"{prefix}.channels", self.channels, "1 or 3")
-        _check(self.source_transform in ("invert", "edges", "blur", "none"),
-               f"{prefix}.source_transform", self.source_transform, "one of invert, edges, blur, none")
+        transforms = ("invert", "edges", "blur", "grayscale", "none")
+        _check(self.source_transform in transforms,
+               f"{prefix}.source_transform", self.source_transform, f"one of {', '.join(transforms)}")
 
 
 @dataclass
@@ -156,6 +157,10 @@ class TrainingConfig:
     # steps match the uninterrupted run's only to float rounding). false: deterministic cuDNN
     # algorithms and torch.use_deterministic_algorithms (slower; see GANTrainer's docstring).
     cudnn_benchmark: bool = True
+    # Wall-clock budget in minutes of training time, summed over the run's resumes (0 = none):
+    # training stops at a checkpoint once it is spent. Not a model change: rerun the same
+    # --name with a larger value to extend a run.
+    max_minutes: float = 0.0
 
     def validate(self, prefix: str = "training") -> None:
         for k in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "report_every",
@@ -174,7 +179,7 @@ class TrainingConfig:
         for k in ("beta1", "beta2", "ema_beta", "ada_p", "ada_target", "ema_rampup", "lr_decay_start"):
             v = getattr(self, k)
             _check(0 <= v <= 1, f"{prefix}.{k}", v, "a number in [0, 1]")
-        for k in ("r1_gamma", "pl_weight", "gp_weight", "ada_kimg"):
+        for k in ("r1_gamma", "pl_weight", "gp_weight", "ada_kimg", "max_minutes"):
             v = getattr(self, k)
             _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
         policies = [p for p in self.augment.split(",") if p.strip()]

@@ -181,6 +181,7 @@ class GenerateConfig:
     use_gpu: bool = False
     filter: str | None = None
     overwrite: bool = False
+    size: str | None = None            # HxW | native (model.json's native_size); None = the model's
 
     def validate(self) -> GenerateConfig:
         _check(bool(self.checkpoint), "--checkpoint is required: a checkpoint or run folder URI")
@@ -228,6 +229,7 @@ class ShardJob:
     seed: int = 0
     truncation: float = 1.0
     filter: str | None = None
+    size: tuple[int, int] | None = None   # resize the generated images to H x W (None = as made)
     # translate: absolute rows of the dataset location
     dataset_scheme: str = ""
     dataset_location: str = ""
@@ -296,6 +298,10 @@ class SamplerActor(_ShardActor):
         labels = np.frombuffer(row["labels"], dtype=np.int64).copy()
         images, seeds, fallback = generate_rows(self.sampler, rows, labels, job.seed, job.truncation,
                                                 job.total_rows, self.filter)
+        if job.size is not None:  # after the filter, which judges what G made
+            from ganaug.sampling import resize_images
+
+            images = resize_images(images, job.size)
         encoded = [self.encoder.encode_one(img) for img in images]
         names = [self.sampler.class_name(int(lab)) for lab in labels]
         table = shards.build_table(encoded, rows, labels, names, seeds, job.truncation, job.checkpoint_id,
@@ -308,12 +314,16 @@ class TranslateActor(_ShardActor):
 
     def make_table(self, start: int, stop: int, row: dict):
         from ganaug.data import DatasetSpec, iter_dataset
+        from ganaug.data.paired import is_paired_spec, load_side
 
         job = self.job
         spec = str(DatasetSpec(job.dataset_scheme, job.dataset_location,
                                job.dataset_offset + start, job.dataset_offset + stop))
-        parts = list(iter_dataset(spec, batch_rows=max(1, stop - start), resolution=job.resolution,
-                                  channels=job.channels))
+        if is_paired_spec(spec):  # a pair spec's inputs are its A side
+            parts = [load_side(spec, "a", job.resolution, job.channels)]
+        else:
+            parts = list(iter_dataset(spec, batch_rows=max(1, stop - start), resolution=job.resolution,
+                                      channels=job.channels))
         images = np.concatenate([p.images for p in parts]) if parts else np.zeros((0,))
         if images.shape[0] != stop - start:
             raise GenerationError(f"dataset {spec}: read {images.shape[0]} rows, expected {stop - start}")
@@ -586,15 +596,22 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     num_classes = int(meta.get("num_classes", 0))
     plan = parse_plan(cfg.labels, PlanContext(cfg.num, num_classes, class_names))
     parse_filter(cfg.filter)
+    from ganaug.sampling import parse_size
+
+    size = parse_size(cfg.size, meta)
     arguments = {
         "task": "generate", "checkpoint_id": ckpt_id, "num": plan.total, "labels": plan.spec,
         "label_counts": {str(k): v for k, v in plan.counts().items()}, "truncation": cfg.truncation,
         "seed": cfg.seed, "rows_per_shard": cfg.rows_per_shard, "format": cfg.format, "filter": cfg.filter,
     }
+    if size is not None:  # only when asked: sets made before --size keep their fingerprint
+        arguments["size"] = list(size)
     job = ShardJob(checkpoint_uri=ckpt_uri, checkpoint_id=ckpt_id, out=cfg.out, fmt=cfg.format,
                    total_rows=plan.total, device="cuda" if cfg.use_gpu else "cpu", seed=cfg.seed,
-                   truncation=cfg.truncation, filter=cfg.filter)
+                   truncation=cfg.truncation, filter=cfg.filter, size=size)
     extra = {"label_plan": plan.info} if plan.info else {}
+    resolution = int(meta["resolution"])
+    extra["image_size"] = list(size or (resolution, resolution))  # [H, W] of the written images
     return _run_sharded(what="generate", out=cfg.out, total=plan.total, rows_per_shard=cfg.rows_per_shard,
                         arguments=arguments, run_info={"checkpoint": cfg.checkpoint, "workers": cfg.workers,
                                                        "use_gpu": cfg.use_gpu},

@@ -45,6 +45,47 @@ def latents_for_seeds(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
     return out
 
 
+def parse_size(text: str | None, meta: dict[str, Any] | None = None, *, flag: str = "--size") -> tuple[int, int] | None:
+    """'HxW' | 'N' (square) | 'native' (the training data's size from model.json) -> (H, W);
+    None/'' -> None (the model's own resolution). Errors name the flag."""
+    if text is None or not str(text).strip():
+        return None
+    t = str(text).strip().lower()
+    if t == "native":
+        native = (meta or {}).get("native_size")
+        if not native:
+            raise SamplingError(f"{flag} native: the checkpoint does not record its training data's size "
+                                "(trained before ganaug recorded native_size); give the size as HxW")
+        return int(native[0]), int(native[1])
+    h, sep, w = t.partition("x")
+    try:
+        size = (int(h), int(w if sep else h))
+    except ValueError:
+        raise SamplingError(f"{flag} {text!r}: expected HxW (e.g. 28x28), a single size, or native") from None
+    if not all(1 <= v <= MAX_SIZE for v in size):
+        raise SamplingError(f"{flag} {text!r}: height and width must be in 1..{MAX_SIZE}")
+    return size
+
+
+MAX_SIZE = 4096
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 NHWC -> uint8 N x H x W x C, image by image with Pillow's Lanczos filter
+    (antialiased when shrinking, sharp when enlarging). Each output depends only on its own
+    input, so a resized set stays byte-identical across batch shapes and actor counts."""
+    if size is None or tuple(images.shape[1:3]) == tuple(size):
+        return images
+    from PIL import Image
+
+    h, w = int(size[0]), int(size[1])
+    out = np.empty((images.shape[0], h, w, images.shape[3]), np.uint8)
+    for i, img in enumerate(images):
+        im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        out[i] = np.asarray(im.resize((w, h), Image.Resampling.LANCZOS)).reshape(h, w, -1)
+    return out
+
+
 class Sampler:
     def __init__(self, G: torch.nn.Module, meta: dict[str, Any], *, device: str | torch.device | None = None,
                  checkpoint_uri: str | None = None, checkpoint_id: str | None = None):

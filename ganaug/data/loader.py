@@ -31,6 +31,9 @@ def _reader_class(scheme: str) -> type[Reader]:
     if scheme == "imagefolder":
         from ganaug.data.imagefolder import ImageFolderReader
         return ImageFolderReader
+    if scheme in ("paired", "sidebyside"):
+        from ganaug.data.paired import PairedFoldersReader, SideBySideReader
+        return PairedFoldersReader if scheme == "paired" else SideBySideReader
     from ganaug.data.parquet import ParquetReader
     return ParquetReader
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from ganaug.errors import UserError
 
-SCHEMES = ("builtin", "mnist", "imagefolder", "parquet")
+SCHEMES = ("builtin", "mnist", "imagefolder", "parquet", "paired", "sidebyside")
 BUILTINS = ("digits",)
-SPEC_HELP = ("builtin:digits, mnist:DIR_OR_URI, imagefolder:DIR_OR_URI, parquet:URI "
+SPEC_HELP = ("builtin:digits, mnist:DIR_OR_URI, imagefolder:DIR_OR_URI, parquet:URI, "
+             "paired:A_DIR,B_DIR, sidebyside:DIR "
              "(any of them may end with a row slice [a:b])")
 
 _SPEC_RE = re.compile(r"^(?P<scheme>[A-Za-z0-9_+-]+):(?P<loc>.*?)(?:\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]]*)\])?$", re.DOTALL)

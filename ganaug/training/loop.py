@@ -206,7 +206,8 @@ class TranslationBatchSource(BatchSource):
         super().__init__(family=family, cfg=cfg, images=images, labels=labels, rank=rank,
                          world_size=world_size, device=device)
         seed = cfg.training.seed
-        self.paired = bool(getattr(family, "paired", True)) and source_images is None
+        # source_images without data.source_spec are a paired dataset's A side (row-aligned).
+        self.paired = bool(getattr(family, "paired", True)) and (source_images is None or not cfg.data.source_spec)
         a = source_images if source_images is not None else source_transform(cfg.data.source_transform, images)
         self.b = ImageBank(images, device, channels_last)
         self.a = ImageBank(a, device, channels_last)
@@ -493,7 +494,8 @@ class GANTrainer:
     # ------------------------------------------------------------------------ many steps
     def fit(self, total_steps: int, *, report_every: int | None = None, checkpoint_every: int | None = None,
             on_report: Callable[[dict], None] | None = None,
-            on_checkpoint: Callable[[int], None] | None = None) -> None:
+            on_checkpoint: Callable[[int], None] | None = None,
+            should_stop: Callable[[int], bool] | None = None) -> None:
         """Train until `self.step == total_steps` (continuing from the current step).
 
         on_report(dict) every `report_every` steps and at the last step: step, images_seen,
@@ -501,6 +503,8 @@ class GANTrainer:
         any other loss stats (r1, gp, aux_*), averaged over the window and, when distributed,
         over ranks (a collective: every rank reports at the same steps).
         on_checkpoint(step) every `checkpoint_every` steps and at the last step; the caller saves.
+        should_stop(step), after every step: True makes this step the last one (reported and
+        checkpointed, then fit returns). Under DDP every rank must answer the same.
         """
         tc = self.cfg.training
         report_every = int(report_every or tc.report_every)
@@ -515,7 +519,7 @@ class GANTrainer:
             for k, v in stats.items():
                 sums[k] += float(v)
                 counts[k] += 1
-            last = self.step == total_steps
+            last = self.step == total_steps or (should_stop is not None and should_stop(self.step))
             if on_report is not None and (self.step % report_every == 0 or last):
                 if self.cuda:
                     torch.cuda.synchronize(self.device)
@@ -533,6 +537,8 @@ class GANTrainer:
                 self.prepare_checkpoint()
                 if on_checkpoint is not None:
                     on_checkpoint(self.step)
+            if last:
+                break
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
         if not self.distributed or not values:

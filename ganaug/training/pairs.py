@@ -8,6 +8,8 @@ translation batch source, and by `translate` tooling that wants the same A domai
   invert: 255 - x                      (a colour-space change; trivially invertible)
   edges : Sobel gradient magnitude, scaled by the image's own maximum (an edges -> photo task)
   blur  : Gaussian blur, sigma = resolution / 16 (a deblurring task)
+  grayscale: luma with the ITU-R BT.601 weights (0.299 R + 0.587 G + 0.114 B), replicated to
+          every channel (a colourisation task; on 1-channel data it is the identity)
   none  : identity (A == B, a sanity check)
 """
 
@@ -65,6 +67,24 @@ def blur(images: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return _to_uint8(x)
 
 
+BT601 = (0.299, 0.587, 0.114)  # the luma of JPEG / Pillow's convert("L")
+
+
+def luma(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC (1 or 3 channels) -> uint8 NHW1 ITU-R BT.601 luma."""
+    x = _to_float(images)
+    if x.shape[1] == 1:
+        return images.copy()
+    if x.shape[1] != 3:
+        raise ValueError(f"luma needs 1 or 3 channels, got {x.shape[1]}")
+    w = torch.tensor(BT601, dtype=torch.float32)[None, :, None, None]
+    return _to_uint8((x * w).sum(dim=1, keepdim=True))
+
+
+def grayscale(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(luma(images), images.shape[3], axis=3))
+
+
 def identity(images: np.ndarray) -> np.ndarray:
     _to_float(images[:0])
     return images.copy()
@@ -74,6 +94,7 @@ SOURCE_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "invert": invert,
     "edges": edges,
     "blur": blur,
+    "grayscale": grayscale,
     "none": identity,
 }
 

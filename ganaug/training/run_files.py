@@ -103,6 +103,13 @@ def read_metrics(run_uri: str) -> list[dict]:
     return out
 
 
+def seconds_spent(run_uri: str, upto_step: int) -> float:
+    """Training seconds the run had reached at `upto_step` (the checkpoint it resumes from):
+    the `seconds` of the last metrics line at or before it, which every resume continues."""
+    lines = [r for r in read_metrics(run_uri) if r["step"] <= upto_step]
+    return float(lines[-1].get("seconds") or 0.0) if lines else 0.0
+
+
 class MetricsLog:
     """metrics.jsonl of one run, owned by rank 0.
 

@@ -20,7 +20,14 @@ Worker side (`train_loop_per_worker`):
     a finished run given more steps all continue from the same place;
   - only rank 0 writes files (metrics.jsonl, checkpoints, sample grids);
   - every rank calls `ray.train.report` at exactly the same steps (a checkpoint step folds
-    its metrics into the checkpoint's report), as Train v2 requires.
+    its metrics into the checkpoint's report), as Train v2 requires;
+  - training.max_minutes: at every report step rank 0 compares the run's training time
+    (metrics.jsonl `seconds`, summed over resumes) with the budget and broadcasts its verdict,
+    so every rank stops after the same step, which is reported and checkpointed like the last.
+
+model.json records `native_size` [H, W]: the most common size of the first rows of data.spec
+before any resize (the readers hand images over at their own size when no resolution is
+given), so `ganaug generate --size native` can write the set at the data's own size.
 
 Global batch = training.batch_size x workers: each optimiser step averages gradients over
 all workers' batches (DDP), so N workers take steps N times as large in images. The learning
@@ -93,6 +100,13 @@ class RunPlan:
     resume_uri: str | None   # newest complete checkpoint at start, if any
     resume_step: int
     dataset: dict            # dataset_summary of data.spec
+    seconds_spent: float = 0.0  # training time of the run up to resume_step (max_minutes)
+    native_size: tuple[int, int] | None = None  # [H, W] of data.spec before resizing
+
+    @property
+    def budget_spent(self) -> bool:
+        budget = self.cfg.training.max_minutes
+        return budget > 0 and self.seconds_spent >= 60.0 * budget
 
     @property
     def global_batch(self) -> int:
@@ -138,6 +152,25 @@ def _check_spec(key: str, spec: str) -> dict:
     return summary
 
 
+NATIVE_SIZE_ROWS = 32
+
+
+def native_size(spec: str, rows: int = NATIVE_SIZE_ROWS) -> tuple[int, int] | None:
+    """The most common [H, W] of the spec's first `rows` images at their own size (a mixed-size
+    folder's typical size; ties go to the first seen). None when the spec selects no rows."""
+    from collections import Counter
+
+    from ganaug.data import DatasetSpec, iter_dataset, parse_spec
+
+    parsed = parse_spec(spec)
+    start = parsed.start or 0
+    stop = start + rows if parsed.stop is None else min(parsed.stop, start + rows)
+    head = str(DatasetSpec(parsed.scheme, parsed.location, start, stop))
+    sizes = Counter(tuple(int(v) for v in part.images.shape[1:3])
+                    for part in iter_dataset(head, batch_rows=1) if len(part))
+    return sizes.most_common(1)[0][0] if sizes else None
+
+
 def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None = None,
                 storage_root: str | None = None, name: str | None = None) -> RunPlan:
     """Everything that can fail because of the user's input, checked in the driver, no Ray."""
@@ -165,7 +198,16 @@ def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None
     # The data spec: parse + a cheap summary (row count, classes, first image); workers load it.
     summary = _check_spec("data.spec", cfg.data.spec)
     if cfg.data.source_spec:
+        from ganaug.data.paired import is_paired_spec
+
+        if is_paired_spec(cfg.data.spec):
+            raise UserError(f"config key 'data.source_spec': {cfg.data.spec!r} is a paired dataset that "
+                            "brings its own domain A; leave data.source_spec empty")
         _check_spec("data.source_spec", cfg.data.source_spec)
+    try:
+        native = native_size(cfg.data.spec)
+    except UserError as e:
+        raise UserError(f"config key 'data.spec': {e}") from None
 
     run_uri = storage.join(cfg.storage.root, name)
     resume_uri = checkpoint.latest_checkpoint(run_uri)
@@ -179,7 +221,9 @@ def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None
                             f"({'; '.join(changed[:3])}); use a new --name to start a fresh run")
     run_files.write_config(run_uri, cfg.to_yaml())  # also proves the storage is writable
     return RunPlan(cfg=cfg, name=name, run_uri=run_uri, workers=tc.num_workers, use_gpu=tc.use_gpu,
-                   total_steps=tc.steps, resume_uri=resume_uri, resume_step=resume_step, dataset=summary)
+                   total_steps=tc.steps, resume_uri=resume_uri, resume_step=resume_step, dataset=summary,
+                   seconds_spent=run_files.seconds_spent(run_uri, resume_step) if resume_uri else 0.0,
+                   native_size=native)
 
 
 # =============================================================================== driver: progress
@@ -333,6 +377,9 @@ def summarize(plan: RunPlan, progress: _Progress | None = None, wall_seconds: fl
     lines = run_files.read_metrics(plan.run_uri)
     last = lines[-1] if lines else {}
     step = int(meta.get("step", 0))
+    budget = plan.cfg.training.max_minutes
+    seconds = float(last.get("seconds") or 0.0)
+    budget_spent = budget > 0 and seconds >= 60.0 * budget
     out: dict[str, Any] = {
         "run": plan.run_uri,
         "name": plan.name,
@@ -340,8 +387,11 @@ def summarize(plan: RunPlan, progress: _Progress | None = None, wall_seconds: fl
         "step": step,
         "total_steps": plan.total_steps,
         "complete": step >= plan.total_steps,
+        "max_minutes": budget,
+        # Why training ended: all steps done, the budget spent, or neither (interrupted).
+        "stopped_by": "steps" if step >= plan.total_steps else "max_minutes" if budget_spent else None,
         "images_seen": int(meta.get("images_seen", last.get("images_seen", 0))),
-        "seconds": round(float(last.get("seconds", 0.0)), 3),
+        "seconds": round(seconds, 3),
         "images_per_s": last.get("images_per_s"),
         "workers": plan.workers,
         "use_gpu": plan.use_gpu,
@@ -378,6 +428,12 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
         if echo:
             echo(f"run {run_files.redact(plan.run_uri)} is already at step {plan.resume_step} "
                  f"(training.steps={plan.total_steps}); nothing to do")
+        return summarize(plan, None, time.perf_counter() - t0)
+    if plan.budget_spent:
+        if echo:
+            echo(f"run {run_files.redact(plan.run_uri)} has spent its budget at step {plan.resume_step} "
+                 f"({plan.seconds_spent / 60:.1f} of training.max_minutes={plan.cfg.training.max_minutes:g}); "
+                 "nothing to do (raise training.max_minutes to go on)")
         return summarize(plan, None, time.perf_counter() - t0)
 
     from ganaug.raycluster import ensure_ray
@@ -417,7 +473,8 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": plan.cfg.to_dict(), "run_uri": plan.run_uri, "name": plan.name,
-                           "cwd": os.getcwd()},
+                           "cwd": os.getcwd(),
+                           "native_size": list(plan.native_size) if plan.native_size else None},
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RayRunConfig(
@@ -432,10 +489,12 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     )
     if echo:
         start = f"resuming at step {plan.resume_step}" if plan.resume_uri else "starting fresh"
+        budget = (f" or {tc.max_minutes:g} min of training ({plan.seconds_spent / 60:.1f} spent)"
+                  if tc.max_minutes > 0 else "")
         echo(f"train {plan.name}: {plan.cfg.model.family} on {plan.cfg.data.spec} "
              f"({plan.dataset.get('rows')} rows), {plan.workers} worker(s) x batch {tc.batch_size} "
              f"= global batch {plan.global_batch}, {'GPU' if plan.use_gpu else 'CPU'}, "
-             f"{plan.total_steps} steps, {start}; run {run_files.redact(plan.run_uri)}")
+             f"{plan.total_steps} steps{budget}, {start}; run {run_files.redact(plan.run_uri)}")
     progress = _Progress(sink, plan, echo).start()
     try:
         with _no_raylet_echo():
@@ -525,6 +584,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from ganaug import checkpoint
     from ganaug.data import load_dataset
+    from ganaug.data.paired import is_paired_spec, load_pairs
     from ganaug.training.loop import GANTrainer
 
     # Train starts each worker in its own trial directory; relative data paths in the config
@@ -547,8 +607,12 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         device = torch.device("cpu")
 
-    data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels, cfg.data.skip_bad)
     source = None
+    if is_paired_spec(cfg.data.spec):  # real pairs: A is the spec's own other side, row-aligned
+        a_side, data = load_pairs(cfg.data.spec, cfg.data.resolution, cfg.data.channels, cfg.data.skip_bad)
+        source = a_side.images
+    else:
+        data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels, cfg.data.skip_bad)
     if cfg.data.source_spec:
         source = load_dataset(cfg.data.source_spec, cfg.data.resolution, cfg.data.channels,
                               cfg.data.skip_bad).images
@@ -572,6 +636,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     meta_base = trainer.model_meta()
     meta_base.update(config=cfg.to_dict(), config_digest=cfg.digest(), run=config.get("name"))
+    if config.get("native_size"):
+        meta_base["native_size"] = [int(v) for v in config["native_size"]]
     translation = meta_base["kind"] == "translation"
     grid_inputs = _translation_inputs(cfg, data.images, source) if translation else None
     node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
@@ -644,7 +710,24 @@ def train_loop_per_worker(config: dict) -> None:
 
         trainer.train_step = step_with_fault
 
+    budget_s = 60.0 * tc.max_minutes
+    t_fit = time.perf_counter()
+
+    def budget_spent(step: int) -> bool:
+        """Rank 0's clock decides (its seconds0 is the run's), broadcast so all ranks agree.
+        Asked at report steps only: those are collectives already, so the ranks are there."""
+        if budget_s <= 0 or step % tc.report_every != 0:
+            return False
+        spent = rank == 0 and seconds0 + (time.perf_counter() - t_fit) >= budget_s
+        if trainer.distributed:
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if spent else 0.0], device=trainer.device)
+            dist.broadcast(flag, src=0)
+            spent = bool(flag.item() > 0.5)
+        return spent
+
     if start_step >= total:
         return  # nothing left (the driver normally catches this before starting workers)
     trainer.fit(total, report_every=tc.report_every, checkpoint_every=tc.checkpoint_every,
-                on_report=on_report, on_checkpoint=on_checkpoint)
+                on_report=on_report, on_checkpoint=on_checkpoint, should_stop=budget_spent)
