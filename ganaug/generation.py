@@ -411,10 +411,10 @@ def _verify_existing(out: str, ranges: list[tuple[int, int, int]], job: ShardJob
     import pyarrow.parquet as pq
 
     names = set(storage.listdir(out))
-    if not storage.is_s3(out):  # stale temporaries of a killed local write
-        for n in names:
-            if n.startswith(".part-") and n.endswith(".tmp"):
-                storage.delete(storage.join(out, n))
+    # stale temporaries of a killed write (local temp files; on S3, storage's hidden upload keys)
+    for n in names:
+        if n.startswith(".part-") and n.endswith(".tmp"):
+            storage.delete(storage.join(out, n))
     todo = [(i, a, b) for i, a, b in ranges if shards.shard_name(i) in names]
 
     def check(item):

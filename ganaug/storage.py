@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -280,7 +281,7 @@ def open_output(uri: str):
     try:
         if not is_s3(uri):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        return fs.open_output_stream(path)
+        return fs.open_output_stream(path, compression=None)
     except Exception as e:
         raise _fail(uri, "write", e) from e
 
@@ -288,7 +289,7 @@ def open_output(uri: str):
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             return f.read()
     except Exception as e:
         raise _fail(uri, "read", e) from e
@@ -301,11 +302,7 @@ def _write_atomic(uri: str, fs: pafs.FileSystem, path: str, fill: Callable[[Any]
     renamed over the target. Any failure (in `fill` too) is a StorageError for a write of `uri`.
     """
     if is_s3(uri):
-        try:
-            with fs.open_output_stream(path) as f:
-                fill(f)
-        except Exception as e:
-            raise _fail(uri, "write", e) from e
+        _write_s3_atomic(uri, fs, path, fill)
         return
     folder = os.path.dirname(path)
     tmp = None
@@ -324,6 +321,34 @@ def _write_atomic(uri: str, fs: pafs.FileSystem, path: str, fill: Callable[[Any]
             try:
                 os.unlink(tmp)
             except OSError:
+                pass
+
+
+# Streams are opened with compression=None: pyarrow would otherwise (de)compress by file
+# name (".gz"), so bytes would change between write and read, or under a temporary name.
+def _write_s3_atomic(uri: str, fs: pafs.FileSystem, path: str, fill: Callable[[Any], None]) -> None:
+    """Upload to a hidden temporary key beside the target, then server-side move it in place.
+
+    pyarrow's S3 stream *completes* the upload when it is closed, even after a failure in
+    `fill`, so writing the target key directly could publish a truncated object. A failed
+    write deletes its temporary key; one killed outright leaves an incomplete multipart upload
+    (aborted by the bucket's AbortIncompleteMultipartUpload lifecycle rule, docs/reliability.md)
+    or a `.NAME.*.tmp` object, which no reader counts (names starting with '.' are skipped).
+    """
+    folder, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}.tmp" if folder else f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with fs.open_output_stream(tmp, compression=None) as f:
+            fill(f)
+        fs.move(tmp, path)
+        tmp = None
+    except Exception as e:
+        raise _fail(uri, "write", e) from e
+    finally:
+        if tmp is not None:
+            try:
+                fs.delete_file(tmp)
+            except Exception:  # noqa: BLE001 - best effort; the hidden key is never read
                 pass
 
 
@@ -419,7 +444,7 @@ def _copy_file(src: str, dst: str) -> None:
     sfs, spath = resolve(src)
     dfs, dpath = resolve(dst)
     try:
-        inp = sfs.open_input_stream(spath)
+        inp = sfs.open_input_stream(spath, compression=None)
     except Exception as e:
         raise _fail(src, "read", e) from e
 

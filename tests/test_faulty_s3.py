@@ -57,3 +57,30 @@ def test_persistent_faults_fail_in_one_line(faulty, s3, fault, kind, monkeypatch
         storage.read_bytes(uri)
     msg = str(e.value)
     assert uri in msg and kind in msg and "\n" not in msg, msg
+
+
+def test_failed_upload_publishes_nothing(s3):
+    """A write that fails half way (here: the producer raises after 12 MiB, i.e. during a
+    multipart upload) leaves neither the target nor a temporary object nor an open upload."""
+    uri = s3.new_prefix() + "/part-00000.parquet"
+    storage.write_bytes(uri, b"old complete shard")
+
+    def fill(f):
+        f.write(b"a" * (12 << 20))
+        raise OSError("killed mid-upload")
+
+    fs, path = storage.resolve(uri)
+    with pytest.raises(StorageError, match=f"cannot write {uri}"):
+        storage._write_atomic(uri, fs, path, fill)
+    assert storage.read_bytes(uri) == b"old complete shard"  # the previous object is intact
+    assert storage.listdir(storage.parent(uri)) == ["part-00000.parquet"]
+    uploads = s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=path.split("/", 1)[1])
+    assert not uploads.get("Uploads"), uploads.get("Uploads")
+
+
+def test_cut_upload_of_a_big_object_is_retried(faulty, s3):
+    big = bytes(range(256)) * (40 << 12)  # 10 MiB: a multipart upload
+    uri = s3.new_prefix() + "/big.bin"
+    faulty.arm("cut_upload", count=3)
+    storage.write_bytes(uri, big)
+    assert storage.read_bytes(uri) == big and faulty.seen == 3
