@@ -644,8 +644,10 @@ def train_loop_per_worker(config: dict) -> None:
     first_report = True
     pending: dict | None = None
 
+    stopping = False  # the budget made this step the last one (set by budget_spent below)
+
     def is_checkpoint_step(step: int) -> bool:
-        return step % tc.checkpoint_every == 0 or step == total
+        return step % tc.checkpoint_every == 0 or step == total or stopping
 
     def send(metrics: dict, ckpt_uri: str | None) -> None:
         nonlocal first_report
@@ -716,6 +718,7 @@ def train_loop_per_worker(config: dict) -> None:
     def budget_spent(step: int) -> bool:
         """Rank 0's clock decides (its seconds0 is the run's), broadcast so all ranks agree.
         Asked at report steps only: those are collectives already, so the ranks are there."""
+        nonlocal stopping
         if budget_s <= 0 or step % tc.report_every != 0:
             return False
         spent = rank == 0 and seconds0 + (time.perf_counter() - t_fit) >= budget_s
@@ -725,6 +728,7 @@ def train_loop_per_worker(config: dict) -> None:
             flag = torch.tensor([1.0 if spent else 0.0], device=trainer.device)
             dist.broadcast(flag, src=0)
             spent = bool(flag.item() > 0.5)
+        stopping = spent
         return spent
 
     if start_step >= total:
