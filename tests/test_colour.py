@@ -187,6 +187,19 @@ def test_max_minutes_under_ray_train_two_workers(ray_session, tmp_path):  # noqa
     # The same budget again: nothing to do, no worker started.
     again = run_training(cfg, workers=2, storage=store, name="budget", echo=None)
     assert again["step"] == step and again["stopped_by"] == "max_minutes" and "reports" not in again
+    # generate --size native writes the set at the data's own size, byte-identical across actor counts.
+    from ganaug import storage
+    from ganaug.generation import GenerateConfig, run_generate
+
+    mans = []
+    for workers in (1, 2):
+        out = str(tmp_path / f"set{workers}")
+        run_generate(GenerateConfig(checkpoint=summary["checkpoint"], out=out, num=24, rows_per_shard=8,
+                                    size="native", workers=workers), progress=False)
+        mans.append(storage.read_json(f"{out}/_manifest.json"))
+    assert mans[0]["image_size"] == [8, 8] and mans[0]["arguments"]["size"] == [8, 8]
+    assert [f["sha256"] for f in mans[0]["files"]] == [f["sha256"] for f in mans[1]["files"]]
+    assert load_dataset(f"parquet:{tmp_path / 'set1'}").images.shape == (24, 8, 8, 1)
     # A larger budget is not a model change: the run resumes (prepare_run accepts it).
     plan = prepare_run(_tiny_run_cfg("training.max_minutes=5"), 2, None, store, "budget")
     assert plan.resume_step == step and not plan.budget_spent
