@@ -187,6 +187,19 @@ def test_max_minutes_under_ray_train_two_workers(ray_session, tmp_path):  # noqa
     # The same budget again: nothing to do, no worker started.
     again = run_training(cfg, workers=2, storage=store, name="budget", echo=None)
     assert again["step"] == step and again["stopped_by"] == "max_minutes" and "reports" not in again
+    # generate --size native writes the set at the data's own size, byte-identical across actor counts.
+    from ganaug import storage
+    from ganaug.generation import GenerateConfig, run_generate
+
+    mans = []
+    for workers in (1, 2):
+        out = str(tmp_path / f"set{workers}")
+        run_generate(GenerateConfig(checkpoint=summary["checkpoint"], out=out, num=24, rows_per_shard=8,
+                                    size="native", workers=workers), progress=False)
+        mans.append(storage.read_json(f"{out}/_manifest.json"))
+    assert mans[0]["image_size"] == [8, 8] and mans[0]["arguments"]["size"] == [8, 8]
+    assert [f["sha256"] for f in mans[0]["files"]] == [f["sha256"] for f in mans[1]["files"]]
+    assert load_dataset(f"parquet:{tmp_path / 'set1'}").images.shape == (24, 8, 8, 1)
     # A larger budget is not a model change: the run resumes (prepare_run accepts it).
     plan = prepare_run(_tiny_run_cfg("training.max_minutes=5"), 2, None, store, "budget")
     assert plan.resume_step == step and not plan.budget_spent
@@ -240,3 +253,20 @@ def test_pix2pix_learns_colourisation_beyond_the_luma_baseline():
     print(f"colourisation held-out: L1 {base_l1:.1f} -> {l1:.1f}, PSNR {base_psnr:.1f} -> {psnr:.1f} dB")
     # 500 tiny steps: a modest margin over the trivial baseline (L1 ~9.3 vs 10.2 here).
     assert l1 < base_l1 and psnr > base_psnr
+
+
+def test_paired_spec_feeds_pix2pix_aligned_pairs(tmp_path):
+    """The worker's data path for a pair spec: A from the spec's A side, row-aligned with B."""
+    from ganaug.models.registry import get_family
+    from ganaug.training.loop import make_batch_source
+
+    da, db, a, b = _pairs_on_disk(tmp_path, n=8, size=16)
+    cfg = load_config(REPO / "jobs/configs/pix2pix-digits.yaml",
+                      [f"data.spec=paired:{da},{db}", "data.channels=3", "data.resolution=16", "training.batch_size=4"])
+    A, B = load_pairs(cfg.data.spec, 16, 3)
+    src = make_batch_source(get_family("pix2pix"), cfg, B.images, B.labels, source_images=A.images)
+    assert src.paired
+    batch = src.next()
+    lum = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
+    # A is the luma of B in every channel, pair by pair (up to uint8 rounding).
+    assert torch.allclose(batch["a"][:, :1], (batch["b"] * lum).sum(1, keepdim=True), atol=0.01)
