@@ -1,0 +1,123 @@
+"""Whole jobs on a failing S3: generation and training through the fault-injecting proxy.
+
+The job drivers run as `python -m jobs.X` subprocesses that join the session's Ray, with
+AWS_ENDPOINT_URL_S3 pointing at the proxy. `ensure_ray` forwards that endpoint in the job's
+runtime_env, so the Ray Data actors and the Ray Train workers write through the proxy too, as
+they would on a cluster whose object store misbehaves. The test process itself reads the results
+over the direct endpoint, so what it sees is what a clean reader sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from faultproxy import FaultProxy
+from ganaug import checkpoint, storage
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TINY_TRAIN = [
+    "model.family=cgan", "model.width=8", "model.max_width=32", "model.z_dim=32", "model.embed_dim=16",
+    "data.spec=builtin:digits", "data.resolution=16", "data.channels=1",
+    "training.batch_size=16", "training.report_every=4", "training.checkpoint_every=8",
+    "training.keep_checkpoints=2", "training.max_failures=0", "training.threads_per_worker=1",
+]
+
+
+@pytest.fixture
+def proxy(s3):
+    p = FaultProxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    yield p
+    p.close()
+
+
+def _job(module: str, argv: list[str], proxy: FaultProxy, ray_session) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "GANAUG_S3_TIMEOUT_S": "3",
+           "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    return subprocess.run([PY, "-m", module, *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _complete_checkpoints_only(run: str) -> list[int]:
+    """Every step folder under checkpoints/ that a reader can see has its marker (model.json)."""
+    root = storage.join(run, "checkpoints")
+    steps = []
+    for name in storage.listdir(root) if storage.exists(root) else []:
+        if name.startswith("step-"):
+            assert storage.exists(storage.join(root, name, checkpoint.MARKER)), name
+            steps.append(int(name.split("-")[1]))
+    return sorted(steps)
+
+
+def test_generation_on_faulty_s3_stops_resumes_and_matches_a_clean_run(proxy, s3, ray_session, tmp_path):
+    from test_generate import _save_tiny
+
+    ckpt = _save_tiny(tmp_path, "cgan", 10)
+    args = ["--checkpoint", ckpt, "--num", "400", "--rows-per-shard", "100", "--seed", "7", "--workers", "1"]
+    clean = tmp_path / "clean"
+    assert _job("jobs.generate", [*args, "--out", str(clean)], proxy, ray_session).returncode == 0
+    ref = json.loads((clean / "_manifest.json").read_text())
+
+    out = s3.new_prefix("faulty-set")
+    # A store that keeps failing: the job stops with one line naming the URI; nothing complete is visible.
+    proxy.arm("slowdown", count=None)
+    failed = _job("jobs.generate", [*args, "--out", out], proxy, ray_session)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert out.split("://")[1].split("/")[0] in last and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+    assert not storage.exists(storage.join(out, "_manifest.json"))
+
+    # Transient faults of every kind: retried, the job completes, the set equals the clean one.
+    seen = proxy.seen
+    for fault in ("reset", "slowdown", "cut_upload"):
+        proxy.arm(fault, count=2)
+        run = _job("jobs.generate", [*args, "--out", out], proxy, ray_session)
+        if run.returncode == 0:
+            break
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert proxy.seen > seen
+    man = json.loads(storage.read_bytes(storage.join(out, "_manifest.json")))
+    assert [f["sha256"] for f in man["files"]] == [f["sha256"] for f in ref["files"]]
+    for f in ref["files"]:
+        assert storage.read_bytes(storage.join(out, f["name"])) == (clean / f["name"]).read_bytes()
+    hidden = [n for n in storage.listdir(out) if n.startswith(".")]
+    assert not hidden, hidden
+
+
+def test_training_on_faulty_s3_fails_cleanly_and_resumes(proxy, s3, ray_session):
+    root = s3.new_prefix("faulty-runs")
+    run = storage.join(root, "flaky")
+
+    def train(steps: int) -> subprocess.CompletedProcess:
+        sets = [a for kv in [*TINY_TRAIN, f"training.steps={steps}"] for a in ("--set", kv)]
+        return _job("jobs.train", [str(REPO / "jobs/configs/digits-cgan.yaml"), *sets, "--workers", "1",
+                                   "--storage", root, "--name", "flaky"], proxy, ray_session)
+
+    # Transient faults while training and checkpointing: retried, the run finishes.
+    proxy.arm("reset", count=3)
+    first = train(16)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert proxy.seen == 3  # every armed fault was met, and retried
+    assert json.loads(first.stdout.strip().splitlines()[-1])["step"] == 16
+    assert _complete_checkpoints_only(run)[-1] == 16
+
+    # The store goes down for good: the run fails cleanly, no checkpoint is half-visible.
+    proxy.arm("slowdown", count=None)
+    down = train(32)
+    assert down.returncode != 0
+    assert "Traceback" not in down.stderr.strip().splitlines()[-1], down.stderr[-3000:]
+    proxy.clear()
+    assert _complete_checkpoints_only(run)[-1] == 16
+
+    # The store is back: the same command resumes from the newest complete checkpoint.
+    again = train(32)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 32 and summary["resumed_from"] == 16
+    assert _complete_checkpoints_only(run)[-1] == 32
