@@ -1,4 +1,4 @@
-"""Quality benchmark on MNIST (DESIGN.md section 4): train, sample, judge on held-out real digits.
+"""Quality benchmark on MNIST (docs/ARCHITECTURE.md §6): train, sample, judge on held-out real digits.
 
     .venv/bin/python benchmarks/quality_mnist.py --minutes 20 --families cgan,stylegan2
     .venv/bin/python benchmarks/quality_mnist.py --quick          # smoke run, a few minutes

@@ -13,7 +13,7 @@ For each mode (micro-batching on: max_batch_size=B; off: max_batch_size=1) the a
 on a local Ray, then for each concurrency C, C clients each send POST /samples back to back for
 `duration` seconds. Every request asks for `--n` images of fresh seeds. Prints one JSON object:
 requests/s, images/s, p50/p95/p99 latency (ms) and error counts per point, and the ratio of
-batched to unbatched images/s at each concurrency (the DESIGN §4 speed judgement: the baseline
+batched to unbatched images/s at each concurrency (the ARCHITECTURE.md §6 speed judgement: the baseline
 is measured in the same run).
 
 Without --checkpoint a randomly initialised cgan is written to a temporary folder: throughput

@@ -1,4 +1,4 @@
-"""The checkpoint folder format (DESIGN.md §2): one folder per step, `model.json` written last.
+"""The checkpoint folder format (ARCHITECTURE.md §3): one folder per step, `model.json` written last.
 
     {run}/checkpoints/step-0000500/
         generator_ema.safetensors   weights used for sampling
@@ -186,7 +186,7 @@ def load_train_state(uri: str, meta: dict | None = None) -> dict[str, Any]:
 
 
 def checkpoint_id(uri: str, meta: dict | None = None) -> str:
-    """Content hash of model.json plus generator_ema.safetensors (DESIGN §2)."""
+    """Content hash of model.json plus generator_ema.safetensors (ARCHITECTURE.md §3)."""
     meta_bytes = storage.read_bytes(storage.join(uri, MARKER))
     weights = storage.read_bytes(storage.join(uri, "generator_ema.safetensors"))
     h = hashlib.sha256()

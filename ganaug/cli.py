@@ -15,7 +15,7 @@ from ganaug.errors import UserError
 
 
 def emit_json(obj: dict) -> None:
-    """The last stdout line of every job command is JSON (DESIGN §2)."""
+    """The last stdout line of every job command is JSON (ARCHITECTURE.md §3)."""
     click.echo(json.dumps(obj, sort_keys=True, default=str))
 
 

@@ -1,6 +1,6 @@
 """Typed run configuration: YAML <-> nested dataclasses, with validation that names the key.
 
-The four sections `model`, `data`, `training`, `storage` are the contract of DESIGN.md §2.
+The four sections `model`, `data`, `training`, `storage` are the contract of ARCHITECTURE.md §3.
 Unknown keys are errors with a "did you mean" suggestion; values are type-checked and
 range-checked; `--set a.b=c` overrides are coerced to the field's type.
 """

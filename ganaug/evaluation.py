@@ -310,7 +310,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     read_parquet on the shard files (through ganaug.storage's filesystem: local or S3) ->
     decode tasks -> an ActorPoolStrategy pool of FeatureMapper (the extractor is built once per
     actor from `make_extractor`). Actors take fractional CPUs and leave one CPU to Ray Data's
-    own tasks (DESIGN §3: a pool holding every CPU deadlocks the read).
+    own tasks (ARCHITECTURE.md §5: a pool holding every CPU deadlocks the read).
     """
     from ganaug.data import open_reader, parse_spec
     from ganaug.metrics.features import FeatureMapper

@@ -480,7 +480,7 @@ def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tupl
     default = max(1, int(gpus)) if use_gpu else max(1, int(cpus))
     n = max(1, min(workers or default, n_missing))
     # Fractional CPUs: the pool never holds every CPU, so Ray Data's other tasks always find
-    # one (DESIGN §3: a pool holding every CPU starves them and the job hangs). Torch runs
+    # one (ARCHITECTURE.md §5: a pool holding every CPU starves them and the job hangs). Torch runs
     # one thread per actor whatever this logical share is.
     budget = max(cpus - 1.0, cpus / 2)
     cpu = round(max(0.01, min(1.0, budget / n)), 3)

@@ -45,7 +45,7 @@ def ensure_ray(**init_kwargs):
     if ray.is_initialized():
         return ray
     # Parquet reads start 32 footer-reader actors by default; on small machines they
-    # starve everything else (DESIGN §3).
+    # starve everything else (ARCHITECTURE.md §5).
     if (os.cpu_count() or 1) <= 8:
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
     # Under `ray job submit` the job's own runtime_env already applies to every worker, and

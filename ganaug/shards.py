@@ -1,4 +1,4 @@
-"""The generated-set format (DESIGN.md §2): Parquet shards + `_manifest.json`, written last.
+"""The generated-set format (ARCHITECTURE.md §3): Parquet shards + `_manifest.json`, written last.
 
     out/
         part-00000.parquet   rows [0, R)        one file per --rows-per-shard rows, in row order

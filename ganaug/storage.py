@@ -5,7 +5,7 @@ Everything goes through pyarrow filesystems, so Parquet readers/writers can use 
 moto) are passed through here. Every failure is re-raised as `StorageError`, whose message
 names the URI and what went wrong, so the CLI can print it on one line.
 
-Publishing is atomic (DESIGN.md §2 "Storage URIs"): a local file is written under a temporary
+Publishing is atomic (ARCHITECTURE.md §3 "Storage URIs"): a local file is written under a temporary
 name in the same folder and renamed; an S3 object appears only when its upload completes;
 a folder counts as complete only once its marker file, written last, exists.
 """

@@ -84,7 +84,7 @@ def start_local_ray():
     import ray
 
     # A new local Ray turns token auth on by itself (and writes ~/.ray/auth_token); refuse
-    # an environment that opts out, rather than silently running without it (DESIGN §3).
+    # an environment that opts out, rather than silently running without it (ARCHITECTURE.md §5).
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         from ganaug.errors import UserError
 

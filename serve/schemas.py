@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (DESIGN §2), with the limits in the schema.
+"""Request and response models of the HTTP API (ARCHITECTURE.md §3), with the limits in the schema.
 
 The sample request model is built per application (`sample_request_model`), because its
 limits (max_n, the truncation range) come from the app's arguments; the OpenAPI document

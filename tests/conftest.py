@@ -98,5 +98,5 @@ def cli_error(capsys):
     return run
 
 
-# One Ray per session (DESIGN §3: startup costs); defined in ray_fixtures.py.
+# One Ray per session (ARCHITECTURE.md §5: startup costs); defined in ray_fixtures.py.
 from ray_fixtures import ray_session  # noqa: F401

@@ -1,4 +1,4 @@
-"""One local Ray for the whole test session (starting Ray costs ~5 s; DESIGN §3)."""
+"""One local Ray for the whole test session (starting Ray costs ~5 s; ARCHITECTURE.md §5)."""
 
 from __future__ import annotations
 

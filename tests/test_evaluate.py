@@ -121,7 +121,7 @@ def test_evaluate_checkpoint_end_to_end(ckpt, cache_dir, tmp_path, capsys):
     assert grid_src.shape == (3, 16, 16, 1)
 
 
-@pytest.mark.timeout(300)  # a Ray Data pool that starves its own tasks hangs (DESIGN §3)
+@pytest.mark.timeout(300)  # a Ray Data pool that starves its own tasks hangs (ARCHITECTURE.md §5)
 def test_evaluate_generated_set_split_and_s3_out(ckpt, cache_dir, tmp_path, capsys, ray_session, s3_prefix):
     from ganaug.generation import GenerateConfig, run_generate
 
@@ -159,7 +159,7 @@ def test_split_heldout_is_stratified_and_deterministic():
 # ----------------------------------------------------------------------------- Ray Data path
 
 
-@pytest.mark.timeout(300)  # a Ray Data pool that starves its own tasks hangs (DESIGN §3)
+@pytest.mark.timeout(300)  # a Ray Data pool that starves its own tasks hangs (ARCHITECTURE.md §5)
 def test_ray_feature_path_matches_in_process(ckpt, cache_dir, tmp_path, capsys, ray_session, s3_prefix):
     from ganaug.evaluation import _DomainFactory, parquet_features_ray
     from ganaug.generation import GenerateConfig, run_generate
@@ -250,7 +250,7 @@ def _pick_plan(conf: np.ndarray, labels: np.ndarray) -> tuple[list[int], float] 
     return None
 
 
-@pytest.mark.timeout(300)  # a Ray Data pool that starves its own tasks hangs (DESIGN §3)
+@pytest.mark.timeout(300)  # a Ray Data pool that starves its own tasks hangs (ARCHITECTURE.md §5)
 def test_fidelity_filter_delivers_exactly_num_passing_rows(ckpt, tmp_path, ray_session):
     from ganaug.generation import MAX_FILTER_TRIES, GenerateConfig, run_generate
     from ganaug.metrics.filters import FidelityFilter, warm_cache

@@ -1,6 +1,6 @@
 """Dataset readers: a spec string -> uint8 N x H x W x C images, int64 labels, class names.
 
-Specs (DESIGN.md §2): `builtin:digits`, `mnist:DIR_OR_URI`, `imagefolder:DIR_OR_URI`,
+Specs (ARCHITECTURE.md §3): `builtin:digits`, `mnist:DIR_OR_URI`, `imagefolder:DIR_OR_URI`,
 `parquet:URI`, each optionally ending with a row slice `[a:b]`. Locations go through
 ganaug.storage, so local paths, file:// and s3:// all work.
 """

@@ -1,4 +1,4 @@
-"""Dataset spec strings (DESIGN.md §2): `scheme:location` with an optional `[a:b]` row slice."""
+"""Dataset spec strings (ARCHITECTURE.md §3): `scheme:location` with an optional `[a:b]` row slice."""
 
 from __future__ import annotations
 
