@@ -242,7 +242,7 @@ def test_pix2pix_learns_colourisation_beyond_the_luma_baseline():
     cfg = load_config(REPO / "jobs/configs/pix2pix-digits.yaml",
                       ["data.channels=3", "data.source_transform=grayscale", "model.width=16", "model.max_width=32",
                        "training.batch_size=16", "training.steps=500", "training.lr_g=0.001",
-                       "training.ema_beta=0"])
+                       "training.ema_beta=0", "training.lr_decay=none"])  # constant lr: 500 steps is short
     train, heldout = _coloured_shapes(128, 0), _coloured_shapes(48, 1)
     trainer = GANTrainer(cfg, train, np.full(len(train), -1))
     trainer.fit(500)
@@ -251,7 +251,8 @@ def test_pix2pix_learns_colourisation_beyond_the_luma_baseline():
     base_l1, base_psnr = l1_psnr(grey, heldout)
     l1, psnr = l1_psnr(sampler.translate(grey), heldout)
     print(f"colourisation held-out: L1 {base_l1:.1f} -> {l1:.1f}, PSNR {base_psnr:.1f} -> {psnr:.1f} dB")
-    # 500 tiny steps: a modest margin over the trivial baseline (L1 ~9.3 vs 10.2 here).
+    # 500 tiny steps: a modest margin over the trivial baseline (L1 9.3 vs 10.2 here; with
+    # pix2pix's default linear decay over the second half, 10.4: too little learning left).
     assert l1 < base_l1 and psnr > base_psnr
 
 
