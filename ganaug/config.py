@@ -386,22 +386,31 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_document(node)
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file that must hold a mapping, read safely and bounded (size, alias expansion).
+
+    Every config ganaug reads (run configs, the Serve config) comes through here, so a YAML
+    bomb or a huge file is refused the same way everywhere, with one line naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {p}: larger than {MAX_YAML_BYTES} bytes; not a config")
+    try:
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_BoundedLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{what} {p}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {p}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {p}: expected a mapping at the top level")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (or the defaults when path is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        if p.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"config file {p}: larger than {MAX_YAML_BYTES} bytes; not a run config")
-        try:
-            data = yaml.load(p.read_text(), Loader=_BoundedLoader) or {}
-        except ConfigError as e:
-            raise ConfigError(f"config file {p}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+    data: dict = {} if path is None else read_yaml_mapping(path)
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data)

@@ -149,19 +149,14 @@ def load_app_config(path: str | None) -> tuple[dict, dict]:
     Accepts the standard Serve format (`applications:` list; the entry whose import_path ends
     in app:app_builder, else the first) or a bare args mapping (`models:` at the top).
     """
-    import yaml
+    from ganaug.config import ConfigError, read_yaml_mapping
 
     if not path:
         return {"name": "ganaug", "route_prefix": "/", "args": {}}, {}
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ServeConfigError(f"cannot read serve config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ServeConfigError(f"serve config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise ServeConfigError(f"serve config {path}: expected a mapping at the top")
+        doc = read_yaml_mapping(path, "serve config")
+    except ConfigError as e:
+        raise ServeConfigError(str(e)) from None
     if "applications" not in doc:
         return {"name": "ganaug", "route_prefix": "/", "args": doc}, {}
     apps = doc.get("applications") or []

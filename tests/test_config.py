@@ -123,3 +123,8 @@ def test_yaml_bomb_is_refused(tmp_path, cli_error):
     evil.write_text("model: !!python/object/apply:os.system ['true']\n")
     assert "evil.yaml: invalid YAML" in cli_error(["train", str(evil)])
     assert "YAML bomb" in cli_error(["train", str(bomb)])
+    # The Serve config goes through the same bounded reader.
+    from serve.args import ServeConfigError, load_app_config
+
+    with pytest.raises(ServeConfigError, match="serve config .*bomb.yaml.*YAML bomb"):
+        load_app_config(str(bomb))
