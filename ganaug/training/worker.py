@@ -271,6 +271,7 @@ class _Progress:
         self.in_sync = True
         self.nodes: set[str] = set()
         self.reports = 0
+        self.last_step = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ganaug-progress", daemon=True)
 
@@ -285,6 +286,15 @@ class _Progress:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
+            self._drain()
+
+    def settle(self, step: int, timeout_s: float = 20.0) -> None:
+        """Wait until the report of `step` has been seen. The controller pushes reports to the
+        sink fire-and-forget, so the last ones can land after fit() returns (and a drain can
+        time out on a loaded machine); the summary's hashes and counts need them."""
+        deadline = time.monotonic() + timeout_s
+        while self.last_step < step and time.monotonic() < deadline:
+            time.sleep(0.2)
             self._drain()
 
     def _drain(self) -> None:
@@ -314,6 +324,7 @@ class _Progress:
         ranks = item["ranks"]
         self.reports += 1
         self.last_ranks = ranks
+        self.last_step = max([self.last_step] + [int(r.get("step") or 0) for r in ranks])
         hashes = {r.get("g_hash") for r in ranks} | {None}
         hashes_d = {r.get("d_hash") for r in ranks} | {None}
         if len(hashes) > 2 or len(hashes_d) > 2:
@@ -499,6 +510,11 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     try:
         with _no_raylet_echo():
             trainer.fit()
+        from ganaug import checkpoint
+
+        latest = checkpoint.latest_checkpoint(plan.run_uri)
+        if latest:
+            progress.settle(int(checkpoint.load_meta(latest).get("step", 0)))
     except Exception as e:  # Train's TrainingFailedError and friends
         progress.stop()
         from ray.train import TrainingFailedError
