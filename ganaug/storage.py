@@ -12,6 +12,7 @@ a folder counts as complete only once its marker file, written last, exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -305,23 +306,19 @@ def _write_atomic(uri: str, fs: pafs.FileSystem, path: str, fill: Callable[[Any]
         _write_s3_atomic(uri, fs, path, fill)
         return
     folder = os.path.dirname(path)
-    tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; published files follow the umask
-        os.replace(tmp, path)
-        tmp = None
-    except Exception as e:
+        os.close(fd)
+    except OSError as e:
         raise _fail(uri, "write", e) from e
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+
+    def write(name: str) -> None:
+        with open(name, "wb") as f:
+            fill(f)
+        os.chmod(name, _FILE_MODE)  # mkstemp makes 0600; published files follow the umask
+
+    _publish_through_temporary(uri, tmp, write, publish=lambda name: os.replace(name, path), discard=os.unlink)
 
 
 # Streams are opened with compression=None: pyarrow would otherwise (de)compress by file
@@ -337,19 +334,25 @@ def _write_s3_atomic(uri: str, fs: pafs.FileSystem, path: str, fill: Callable[[A
     """
     folder, name = path.rsplit("/", 1) if "/" in path else ("", path)
     tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}.tmp" if folder else f".{name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with fs.open_output_stream(tmp, compression=None) as f:
+
+    def write(key: str) -> None:
+        with fs.open_output_stream(key, compression=None) as f:
             fill(f)
-        fs.move(tmp, path)
-        tmp = None
+
+    _publish_through_temporary(uri, tmp, write, publish=lambda key: fs.move(key, path), discard=fs.delete_file)
+
+
+def _publish_through_temporary(uri: str, tmp: str, write: Callable[[str], None], *,
+                               publish: Callable[[str], None], discard: Callable[[str], None]) -> None:
+    """Write `tmp`, then publish it as the target; on any failure discard `tmp` (best effort:
+    a hidden temporary is never read) and raise a StorageError for a write of `uri`."""
+    try:
+        write(tmp)
+        publish(tmp)
     except Exception as e:
+        with contextlib.suppress(Exception):
+            discard(tmp)
         raise _fail(uri, "write", e) from e
-    finally:
-        if tmp is not None:
-            try:
-                fs.delete_file(tmp)
-            except Exception:  # noqa: BLE001 - best effort; the hidden key is never read
-                pass
 
 
 def write_bytes(uri: str, data: bytes) -> None:
