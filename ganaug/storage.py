@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -149,16 +150,32 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 # ---------------------------------------------------------------------------- errors
 
+def _status(code: str, text: str) -> bool:
+    """An HTTP status code as a whole number: "403" inside a key such as 6ae3040403f is not one."""
+    return re.search(rf"(?<![0-9A-Za-z]){code}(?![0-9A-Za-z])", text) is not None
+
+
+def _without_paths(uri: str, text: str) -> str:
+    # Error texts echo the path; a path's own characters must not decide the reason.
+    try:
+        spellings = {uri, resolve(uri)[1]}
+    except StorageError:
+        spellings = {uri}
+    for spelled in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelled, "<path>")
+    return text
+
+
 def _reason(uri: str, exc: BaseException) -> str:
-    text = str(exc)
+    text = _without_paths(uri, str(exc))
     up = text.upper()
     if "NO_SUCH_BUCKET" in up or "NOSUCHBUCKET" in up or "BUCKET DOES NOT EXIST" in up:
         return "no such bucket"
-    if "ACCESS_DENIED" in up or "ACCESSDENIED" in up or "FORBIDDEN" in up or "403" in text:
+    if "ACCESS_DENIED" in up or "ACCESSDENIED" in up or "FORBIDDEN" in up or _status("403", text):
         return "access denied"
     if "INVALIDACCESSKEYID" in up or "SIGNATUREDOESNOTMATCH" in up or "CREDENTIALS" in up:
         return "invalid or missing AWS credentials"
-    if "SLOWDOWN" in up or "SLOW DOWN" in up or "503" in text or "SERVICE UNAVAILABLE" in up:
+    if "SLOWDOWN" in up or "SLOW DOWN" in up or _status("503", text) or "SERVICE UNAVAILABLE" in up:
         return f"S3 kept answering 503 SlowDown (gave up after {S3_RETRY_ATTEMPTS} tries)"
     if "TIMEOUT" in up or "TIMED OUT" in up:
         return f"S3 request timed out (after {S3_RETRY_ATTEMPTS} tries)"

@@ -85,6 +85,15 @@ def test_roundtrips(root):
     assert storage.listdir(root) == ["j.json"]
 
 
+def test_reason_ignores_status_codes_spelled_in_the_path(root):
+    # CI once drew the random prefix 6ae30b40403f: the "403" inside it read as Forbidden.
+    missing = storage.join(root, "run-403", "503", "t.txt")
+    with pytest.raises(StorageError, match="not found"):
+        storage.delete(missing, missing_ok=False)
+    with pytest.raises(StorageError, match=f"cannot read {missing}: not found"):
+        storage.read_bytes(missing)
+
+
 def test_local_write_is_atomic_and_leaves_no_temp(tmp_path):
     f = tmp_path / "d" / "x.bin"
     storage.write_bytes(str(f), b"1" * 1000)
