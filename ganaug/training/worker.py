@@ -408,6 +408,8 @@ def summarize(plan: RunPlan, progress: _Progress | None = None, wall_seconds: fl
         "use_gpu": plan.use_gpu,
         "global_batch": plan.global_batch,
         "resumed_from": plan.resume_step,
+        # What the GAN saw: a k-shot run proves here that it trained on k x classes rows.
+        "data": {key: plan.dataset.get(key) for key in ("spec", "rows", "classes")},
         "metrics": run_files.metrics_uri(plan.run_uri),
         "config": run_files.config_uri(plan.run_uri),
         "samples": run_files.samples_uri(plan.run_uri, step) if latest else None,

@@ -1,0 +1,79 @@
+"""The quality benchmark's honest low-data protocol (benchmarks/quality.py), on tiny real data.
+
+The k-shot GAN must see ONLY the k x classes subset: the test trains it on real Ray Train
+(the library call `ganaug train` makes, on the session's Ray) and checks the training run's
+data spec and row count, that the subset file holds exactly the images the classifier arms
+use, and that the ratio and filter were chosen on the validation part, not the held-out one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from ray_fixtures import ray_session  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import quality  # noqa: E402
+
+TINY = ["model.width=8", "model.max_width=32", "model.z_dim=32", "model.embed_dim=16", "data.resolution=16",
+        "data.channels=1", "training.batch_size=16",
+        "training.report_every=4", "training.threads_per_worker=1"]
+DIGITS = quality.Protocol("digits", 1, 16, "builtin:digits[0:1000]", "builtin:digits[0:800]",
+                          "builtin:digits[800:1000]", "builtin:digits[1000:1797]", "builtin:digits[0:800]",
+                          False, (5,))
+
+
+def test_kshot_gan_trains_only_on_the_subset_and_chooses_on_val(ray_session, tmp_path):  # noqa: F811
+    from ganaug.config import load_config
+    from ganaug.data import load_dataset
+    from ganaug.metrics.downstream import kshot_indices
+    from ganaug.training.worker import prepare_run, run_training
+
+    trained: list[dict] = []
+
+    def train_on_session_ray(preset, overrides, storage_root, name):
+        # The preset named by the benchmark is the CPU one; the test keeps its overrides
+        # (data.spec = the subset file) and shrinks the model.
+        assert preset.name == "digits-cgan-cpu.yaml"
+        cfg = load_config(REPO / "jobs/configs/digits-cgan.yaml", [*TINY, *overrides])
+        plan = prepare_run(cfg, 1, False, str(storage_root), name)
+        summary = run_training(plan.cfg, plan=plan, echo=None)
+        trained.append(summary)
+        return summary
+
+    args = quality.parse_args(["--quick", "--kshot", "5", "--out", str(tmp_path)])
+    args.dataset = "digits"
+    judge = quality.Judge(args, DIGITS)
+    result = quality.run_kshot(args, DIGITS, "cgan", judge, None, train=train_on_session_ray)
+
+    # The GAN's run saw the subset file and exactly 5 x 10 rows, 5 per class.
+    (summary,) = trained
+    subset = tmp_path / "kshot" / "digits-k5.parquet"
+    assert summary["data"]["spec"] == f"parquet:{subset}"
+    assert summary["data"]["rows"] == 50
+    assert sorted(summary["data"]["classes"].values()) == [5] * 10
+    assert summary["complete"] and summary["step"] == 20  # --quick: 20 steps
+
+    # The file holds the very images the arms draw with subset seed 0 from the train part
+    # without its validation rows.
+    real = load_dataset(DIGITS.train_minus_val, 16, 1)
+    idx = kshot_indices(real.labels, 5, 0, 10)
+    written = load_dataset(f"parquet:{subset}", 16, 1)
+    np.testing.assert_array_equal(written.images, real.images[idx])
+    np.testing.assert_array_equal(written.labels, real.labels[idx])
+    assert Counter(pq.read_table(subset, columns=["label"])["label"].to_pylist()) == {c: 5 for c in range(10)}
+
+    # Every lever was tried on the validation part; the chosen one is among them.
+    entry = result["k=5"]
+    tried = {(c["filter"], c["real_fraction"]) for c in entry["val_choices"]}
+    assert tried == {(f, r) for f in quality.FILTERS for r in quality.RATIOS}
+    chosen = entry["chosen_on_val"]
+    assert (chosen["filter"], chosen["real_fraction"]) in tried
+    assert entry["heldout"]["real_images"] == 50 and entry["heldout"]["generated_images"] == 10 * 10
+    assert set(entry["heldout"]) >= {"real+classic", "real+classic+gan", "gan_over_classic"}
