@@ -172,6 +172,31 @@ def sample_native(ckpt: str, num: int, seed: int, truncation: float, native: int
     return (resize_images(images, (native, native)), labels), info
 
 
+def ema_bn_check(ckpt: str, judge: "Judge", args, native: int) -> dict:
+    """The EMA generator with its own standing BatchNorm statistics (what checkpoints hold now)
+    against the same weights with the live G's statistics (the old `b_ema.copy_(b)`): CAS and FID."""
+    import torch
+
+    from ganaug import checkpoint
+    from ganaug.evaluation import sample_balanced
+    from ganaug.sampling import Sampler, resize_images
+
+    G, meta = checkpoint.build_generator(ckpt, "generator_ema")
+    live = checkpoint.load_weights(ckpt, "generator", meta)
+    out = {}
+    for variant in ("standing_statistics", "live_g_statistics"):
+        if variant == "live_g_statistics":
+            with torch.no_grad():
+                for name, buf in G.named_buffers():
+                    if name.endswith(("running_mean", "running_var")):
+                        buf.copy_(live[name])
+        images, labels = sample_balanced(Sampler(G, meta, device="cpu"), args.num, 0, args.truncation)
+        h = headline(judge.evaluate((resize_images(images, (native, native)), labels), ["cas", "fid"]))
+        out[variant] = {"cas": h["cas"], "cas_std": h["cas_std"], "fid": h["fid"]}
+        log(f"EMA BatchNorm, {variant}: {out[variant]}")
+    return out
+
+
 def write_grid(ckpt: str, path: Path, truncation: float) -> None:
     from ganaug.sampling import Sampler, png_bytes
 
@@ -208,7 +233,7 @@ class Judge:
         self.options = EvalOptions(domain=DomainSettings(epochs=args.domain_epochs, hflip=proto.hflip),
                                    cas_epochs=args.cas_epochs, gain_steps=args.gain_steps,
                                    gan_per_class=args.gan_per_class, hflip=proto.hflip, device="cpu")
-        self.cache_dir = str(Path(args.out) / "cache")
+        self.cache_dir = args.cache_dir or str(Path(args.out) / "cache")
         self._cas_real = None
 
     def evaluate(self, synthetic, metrics: list[str]) -> dict:
@@ -272,15 +297,41 @@ def gain_row(result) -> dict:
             "real_images": g.n_real, "generated_images": g.n_synthetic}
 
 
-def gain(pool_real, test, pool, class_names, k: int, ratio: float, args, hflip: bool):
-    from ganaug.metrics.downstream import augmentation_gain
+def gain(pool_real, test, pool, class_names, k: int, ratio: float | None, args, hflip: bool, arms=None):
+    from ganaug.metrics.downstream import ARMS, augmentation_gain
 
     return augmentation_gain(pool_real, test, {k: pool}, class_names, ks=(k,), seeds=list(range(args.seeds)),
                              gan_per_class=args.gan_per_class, real_fraction=ratio, steps=args.gain_steps,
-                             subset_seed=0, hflip=hflip, device="cpu")
+                             subset_seed=0, hflip=hflip, device="cpu", arms=arms or ARMS)
 
 
 # ----------------------------------------------------------------------------- k-shot
+
+
+def choose_on_val(args, proto: Protocol, run: dict, pool_real, val_set, names, k: int) -> list[dict]:
+    """Try every kept checkpoint x filter x ratio on the validation part; the held-out split is
+    not read here. Only the arm a choice changes is retrained: real+classic+gan, each seed paired
+    with the one real+classic baseline on the same subset and init seed."""
+    from ganaug import checkpoint
+
+    n_pool = args.gan_per_class * len(names)
+    ckpts = [uri for _, uri in checkpoint.list_checkpoints(run["run"])] or [run["checkpoint"]]
+    base = None
+    choices = []
+    for ckpt in ckpts:
+        for flt in FILTERS:
+            pool, finfo = sample_native(ckpt, n_pool, 0, args.truncation, proto.native, flt)
+            if base is None:
+                base = gain(pool_real, val_set, pool, names, k, None, args, proto.hflip, arms=("real+classic",))
+                base = base.ks[0].arms["real+classic"].accuracies
+            for ratio in RATIOS:
+                r = gain(pool_real, val_set, pool, names, k, ratio, args, proto.hflip, arms=("real+classic+gan",))
+                accs = r.ks[0].arms["real+classic+gan"].accuracies
+                diff = float(np.mean(np.subtract(accs, base)))
+                choices.append({"checkpoint": ckpt, "filter": flt, "real_fraction": ratio,
+                                "gan_over_classic": round(diff, 4), "filter_info": finfo})
+                log(f"k={k} val: {Path(ckpt).name} filter {flt or 'none'} ratio {ratio}: gan_over_classic {diff:+.4f}")
+    return choices
 
 
 def run_kshot(args, proto: Protocol, family: str, judge: Judge, full_ckpt: str | None, train=ganaug_train) -> dict:
@@ -301,28 +352,21 @@ def run_kshot(args, proto: Protocol, family: str, judge: Judge, full_ckpt: str |
         spec = write_subset(real.images[idx], real.labels[idx], names,
                             Path(args.out) / "kshot" / f"{proto.name}-k{k}.parquet")
         s = train(preset_for(args, family), [f"data.spec={spec}", *args.kshot_set,
-                                                    *budget_overrides(args, args.kshot_minutes)],
-                         Path(args.out) / "runs", f"{proto.name}-{family}-k{k}")
+                                             *budget_overrides(args, args.kshot_minutes)],
+                  Path(args.out) / "runs", f"{proto.name}-{family}-k{k}")
         if s["data"]["rows"] != len(idx) or s["data"]["spec"] != spec:
             raise SystemExit(f"k-shot GAN k={k} trained on {s['data']} instead of the {len(idx)} subset rows")
+        choices = choose_on_val(args, proto, s, pool_real, val_set, names, k)
+        best = max(choices, key=lambda c: c["gan_over_classic"])
         n_pool = args.gan_per_class * len(names)
-        # Choose the ratio and the filter on the validation part; the held-out split is not read here.
-        choices = []
-        for flt in FILTERS:
-            pool, finfo = sample_native(s["checkpoint"], n_pool, 0, args.truncation, proto.native, flt)
-            for ratio in RATIOS:
-                row = gain_row(gain(pool_real, val_set, pool, names, k, ratio, args, proto.hflip))
-                choices.append({"filter": flt, "real_fraction": ratio, "val": row, "filter_info": finfo})
-                log(f"k={k} val: filter {flt or 'none'} ratio {ratio}: gan_over_classic {row['gan_over_classic']:+.4f}")
-        best = max(choices, key=lambda c: c["val"]["gan_over_classic"])
-        pool, _ = sample_native(s["checkpoint"], n_pool, 0, args.truncation, proto.native, best["filter"])
+        pool, _ = sample_native(best["checkpoint"], n_pool, 0, args.truncation, proto.native, best["filter"])
         test = gain_row(gain(pool_real, judge.heldout, pool, names, k, best["real_fraction"], args, proto.hflip))
         log(f"k={k} {judge.heldout_spec}: gan_over_classic {test['gan_over_classic']:+.4f} "
-            f"(filter {best['filter'] or 'none'}, ratio {best['real_fraction']})")
+            f"({Path(best['checkpoint']).name}, filter {best['filter'] or 'none'}, ratio {best['real_fraction']})")
         entry = {"gan": {key: s.get(key) for key in ("step", "seconds", "stopped_by", "data", "command", "checkpoint")},
-                 "chosen_on_val": {"filter": best["filter"], "real_fraction": best["real_fraction"]},
-                 "val_choices": [{key: c[key] for key in ("filter", "real_fraction")} | {
-                     "gan_over_classic": c["val"]["gan_over_classic"]} for c in choices],
+                 "chosen_on_val": {key: best[key] for key in ("checkpoint", "filter", "real_fraction", "filter_info")},
+                 "val_choices": [{key: c[key] for key in ("checkpoint", "filter", "real_fraction", "gan_over_classic")}
+                                 for c in choices],
                  "heldout": test}
         if full_ckpt:
             # Labelled apart: this GAN saw the whole training split, far more than k per class.
@@ -359,6 +403,9 @@ def parse_args(argv=None):
     p.add_argument("--gain-steps", type=int, default=500)
     p.add_argument("--gan-per-class", type=int, default=100)
     p.add_argument("--domain-epochs", type=int, default=15)
+    p.add_argument("--ema-bn-check", action="store_true",
+                   help="cgan: also judge G_ema with the live G's BatchNorm statistics (the old behaviour)")
+    p.add_argument("--cache-dir", default="", help="domain-feature cache (default: OUT/cache)")
     p.add_argument("--no-docs", action="store_true", help="do not write the docs/ sample grids")
     a = p.parse_args(argv)
     if a.quick:
@@ -408,6 +455,8 @@ def main(argv=None) -> dict:
             entry.update(train={key: s.get(key) for key in ("step", "seconds", "stopped_by", "data", "command",
                                                             "checkpoint", "workers", "images_per_s")},
                          **headline(report))
+            if args.ema_bn_check and family in ("cgan", "dcgan"):
+                entry["ema_bn_check"] = ema_bn_check(full_ckpt, judge, args, proto.native)
             if not args.no_docs:
                 write_grid(full_ckpt, docs / f"{proto.name}_{family}_grid.png", args.truncation)
             log(f"{family}: CAS {entry.get('cas')} (real {entry.get('cas_real_reference')}), FID {entry.get('fid')}")

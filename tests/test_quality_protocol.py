@@ -71,9 +71,17 @@ def test_kshot_gan_trains_only_on_the_subset_and_chooses_on_val(ray_session, tmp
 
     # Every lever was tried on the validation part; the chosen one is among them.
     entry = result["k=5"]
-    tried = {(c["filter"], c["real_fraction"]) for c in entry["val_choices"]}
-    assert tried == {(f, r) for f in quality.FILTERS for r in quality.RATIOS}
+    from ganaug import checkpoint
+
+    kept = [uri for _, uri in checkpoint.list_checkpoints(summary["run"])]
+    assert len(kept) >= 2  # a choice between checkpoints, not only the last one
+    tried = {(c["checkpoint"], c["filter"], c["real_fraction"]) for c in entry["val_choices"]}
+    assert tried == {(c, f, r) for c in kept for f in quality.FILTERS for r in quality.RATIOS}
     chosen = entry["chosen_on_val"]
-    assert (chosen["filter"], chosen["real_fraction"]) in tried
+    assert (chosen["checkpoint"], chosen["filter"], chosen["real_fraction"]) in tried
+    best = max(c["gan_over_classic"] for c in entry["val_choices"])
+    assert [c["gan_over_classic"] for c in entry["val_choices"]
+            if (c["checkpoint"], c["filter"], c["real_fraction"]) == tuple(chosen[k] for k in
+                                                                           ("checkpoint", "filter", "real_fraction"))] == [best]
     assert entry["heldout"]["real_images"] == 50 and entry["heldout"]["generated_images"] == 10 * 10
     assert set(entry["heldout"]) >= {"real+classic", "real+classic+gan", "gan_over_classic"}

@@ -153,6 +153,12 @@ def _train_eval(images, labels, weights, test: Arrays, num_classes, *, steps, se
     return float((pred == test[1]).mean()), per_class_accuracy_from_predictions(pred, np.asarray(test[1]), num_classes)
 
 
+def _paired(accs: dict[str, list[float]], arm: str, base: str, n: int) -> np.ndarray:
+    if arm in accs and base in accs:
+        return np.subtract(accs[arm], accs[base])
+    return np.full(n, np.nan)
+
+
 def augmentation_gain(
     real_train: Arrays,
     test: Arrays,
@@ -168,6 +174,7 @@ def augmentation_gain(
     hflip: bool = False,
     device: str | torch.device = "cpu",
     config: ClassifierConfig = DEFAULT_CLASSIFIER,
+    arms: Sequence[str] = ARMS,
 ) -> GainResult:
     """Four arms per k, each over ``seeds``; accuracy on ``test`` (real held-out).
 
@@ -177,7 +184,12 @@ def augmentation_gain(
     ``gan_per_class`` samples per class are drawn from the pool per seed.
     ``real_fraction``: share of each batch (in expectation) that is real, so a few
     real images are not drowned by many synthetic ones; None = plain concatenation.
+    ``arms``: a subset of ARMS to train (a search over pools or ratios retrains only the
+    arms it changes); a paired difference whose arms were not trained is NaN.
     """
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown gain arms {unknown}; known {list(ARMS)}")
     if isinstance(synthetic, Mapping) and subset_seed is None:
         raise ValueError("per-k synthetic pools need a fixed subset_seed (the subset their GAN was trained on)")
     num_classes = len(class_names)
@@ -185,8 +197,8 @@ def augmentation_gain(
     out = []
     for k in ks:
         pool = synthetic[k] if isinstance(synthetic, Mapping) else synthetic
-        accs: dict[str, list[float]] = {a: [] for a in ARMS}
-        per_class: dict[str, list[np.ndarray]] = {a: [] for a in ARMS}
+        accs: dict[str, list[float]] = {a: [] for a in arms}
+        per_class: dict[str, list[np.ndarray]] = {a: [] for a in arms}
         n_real = n_syn = 0
         for seed in seeds:
             ri = kshot_indices(real_train[1], k, seed if subset_seed is None else subset_seed, num_classes)
@@ -199,20 +211,20 @@ def augmentation_gain(
             if real_fraction is not None and n_syn:
                 w_mix = np.concatenate([np.full(n_real, real_fraction / n_real),
                                         np.full(n_syn, (1 - real_fraction) / n_syn)])
-            for arm in ARMS:
+            for arm in arms:
                 gan, aug = "gan" in arm, ("classic" if "classic" in arm else "none")
                 x, y, w = (x_mix, y_mix, w_mix) if gan else (xr, yr, None)
                 a, pc = _train_eval(x, y, w, test, num_classes, seed=seed, augment=aug, **kw)
                 accs[arm].append(a)
                 per_class[arm].append(pc)
-        arms = {
+        results = {
             a: ArmResult(a, float(np.mean(accs[a])), float(np.std(accs[a])), accs[a],
                          _mean_per_class(per_class[a], class_names))
-            for a in ARMS
+            for a in arms
         }
         # Paired differences: same subset, same init seed; cancels most seed noise.
-        d_gan = np.subtract(accs["real+gan"], accs["real"])
-        d_cls = np.subtract(accs["real+classic+gan"], accs["real+classic"])
-        out.append(GainAtK(k, n_real, n_syn, arms, float(d_gan.mean()), float(d_gan.std()),
+        d_gan = _paired(accs, "real+gan", "real", len(seeds))
+        d_cls = _paired(accs, "real+classic+gan", "real+classic", len(seeds))
+        out.append(GainAtK(k, n_real, n_syn, results, float(d_gan.mean()), float(d_gan.std()),
                            float(d_cls.mean()), float(d_cls.std())))
     return GainResult(out, list(seeds), gan_per_class, real_fraction, steps, subset_seed)
