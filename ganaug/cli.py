@@ -111,6 +111,11 @@ def serve_cmd(ctx: click.Context, config: str | None, model_specs: tuple[str, ..
 
 def _shard_options(f):
     """Flags shared by generate and translate (validated in ganaug.generation, one-line errors)."""
+    f = click.option("--shared-fs", is_flag=True,
+                     help="Plain --out/--checkpoint paths are on a filesystem shared by every node: allow them "
+                          "on a multi-node cluster.")(f)
+    f = click.option("--allow-env-change", is_flag=True,
+                     help="Finish a set begun in another software/device environment (the manifest says so).")(f)
     f = click.option("--overwrite", is_flag=True,
                      help="Replace a set made with different arguments in --out.")(f)
     f = click.option("--use-gpu", is_flag=True, help="One GPU per actor.")(f)
@@ -135,26 +140,29 @@ def _shard_options(f):
 @click.option("--size", default=None, metavar="HxW|native",
               help="Write the images at HxW (antialiased Lanczos resize), or `native`: the size of the data "
                    "the model was trained on [default: the model's resolution].")
-def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, num, labels, truncation, seed,
-             filter_spec, size) -> None:
+def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, allow_env_change, shared_fs,
+             num, labels, truncation, seed, filter_spec, size) -> None:
     """Bulk-generate a labelled image set as Parquet shards (Ray Data)."""
     from ganaug.generation import GenerateConfig, run_generate
 
     cfg = GenerateConfig(checkpoint=checkpoint_uri, out=out, num=num, labels=labels, truncation=truncation,
                          seed=seed, rows_per_shard=rows_per_shard, format=fmt, workers=workers, use_gpu=use_gpu,
-                         filter=filter_spec, overwrite=overwrite, size=size)
+                         filter=filter_spec, overwrite=overwrite, size=size, allow_env_change=allow_env_change,
+                         shared_fs=shared_fs)
     emit_json(run_generate(cfg))
 
 
 @cli.command()
 @_shard_options
 @click.option("--input", "input_spec", default="", help="Dataset spec to translate, e.g. mnist:DIR[0:1000].  [required]")
-def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, input_spec) -> None:
+def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, allow_env_change, shared_fs,
+              input_spec) -> None:
     """Run an image-to-image model (pix2pix, cyclegan) over a dataset; same output format as generate."""
     from ganaug.generation import TranslateConfig, run_translate
 
     cfg = TranslateConfig(checkpoint=checkpoint_uri, input=input_spec, out=out, rows_per_shard=rows_per_shard,
-                          format=fmt, workers=workers, use_gpu=use_gpu, overwrite=overwrite)
+                          format=fmt, workers=workers, use_gpu=use_gpu, overwrite=overwrite,
+                          allow_env_change=allow_env_change, shared_fs=shared_fs)
     emit_json(run_translate(cfg))
 
 
@@ -169,8 +177,10 @@ def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwr
 @click.option("--use-gpu", is_flag=True, default=None, help="One GPU per worker (NCCL, bf16 autocast).")
 @click.option("--storage", "storage_root", default=None, help="Storage root URI (default: storage.root).")
 @click.option("--name", default=None, help="Run name (default: the config file's stem). Same name = resume.")
+@click.option("--shared-fs", is_flag=True,
+              help="A plain --storage path is a filesystem shared by every node (NFS...): allow it on a multi-node cluster.")
 def train(config: str, overrides: tuple[str, ...], workers: int | None, use_gpu: bool | None,
-          storage_root: str | None, name: str | None) -> None:
+          storage_root: str | None, name: str | None, shared_fs: bool) -> None:
     """Train a GAN on Ray Train; checkpoints, metrics.jsonl and sample grids go to STORAGE/NAME/."""
     from pathlib import Path
 
@@ -181,7 +191,7 @@ def train(config: str, overrides: tuple[str, ...], workers: int | None, use_gpu:
     # Config, data spec, storage and resume compatibility are all checked before Ray starts.
     plan = prepare_run(cfg, workers, use_gpu, storage_root, name or Path(config).stem)
     try:
-        summary = run_training(plan.cfg, plan=plan, echo=lambda line: click.echo(line))
+        summary = run_training(plan.cfg, plan=plan, echo=lambda line: click.echo(line), shared_fs=shared_fs)
     except TrainingFailed as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -319,6 +319,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
         cluster_gpus,
         ensure_ray,
         ordered_data_job,
+        probe_environment,
     )
 
     parsed = parse_spec(spec)
@@ -334,12 +335,14 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     from ray.data import ActorPoolStrategy
 
     cpus, gpus = cluster_cpus(), cluster_gpus()
-    _check(not use_gpu or gpus > 0, "--use-gpu: the Ray cluster has no GPU")
+    if use_gpu:  # GPU workers may scale from zero: wait for one, saying so, instead of refusing
+        probe_environment(True, echo=lambda line: print(f"evaluate: {line}", file=sys.stderr, flush=True))
+        gpus = max(gpus, cluster_gpus())
     n = max(1, workers or (int(gpus) if use_gpu else max(1, int(cpus) - 1)))
     actor_cpu = round(min(1.0, max(0.25, (cpus - 1.0) / n)), 3)
     remote: dict[str, Any] = {"num_cpus": actor_cpu}
     if use_gpu:
-        remote["num_gpus"] = round(min(1.0, gpus / n), 3)
+        remote["num_gpus"] = 1.0  # whole devices: the autoscaler provisions them
     with ordered_data_job(EvaluateError):  # features come back in row order
         ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, file_extensions=None)
         ds = ds.map_batches(_decode_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.25,

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ganaug import checkpoint, shards, storage
+from ganaug import checkpoint, environment, shards, storage
 from ganaug.errors import UserError
 from ganaug.labels import PlanContext, count_labels, parse_plan
 
@@ -182,6 +182,8 @@ class GenerateConfig:
     filter: str | None = None
     overwrite: bool = False
     size: str | None = None            # HxW | native (model.json's native_size); None = the model's
+    allow_env_change: bool = False     # resume a set begun in another environment (environment.py)
+    shared_fs: bool = False            # plain paths are a filesystem every node mounts
 
     def validate(self) -> GenerateConfig:
         _check(bool(self.checkpoint), "--checkpoint is required: a checkpoint or run folder URI")
@@ -204,6 +206,8 @@ class TranslateConfig:
     workers: int | None = None
     use_gpu: bool = False
     overwrite: bool = False
+    allow_env_change: bool = False
+    shared_fs: bool = False
 
     def validate(self) -> TranslateConfig:
         _check(bool(self.checkpoint), "--checkpoint is required: a translation checkpoint or run URI")
@@ -406,6 +410,23 @@ def _prepare_out(out: str, arguments: dict, overwrite: bool) -> dict | None:
     return None
 
 
+def _recorded_environment(out: str) -> dict | None:
+    """The environment an unfinished set's shards were made in (None: unknown, or no set)."""
+    uri = storage.join(out, shards.INTENT)
+    if not storage.exists(uri):
+        return None
+    return storage.read_json(uri).get("environment") or None
+
+
+def _check_environment(out: str, recorded: dict | None, now: dict, allow: bool, reused: int, total: int) -> None:
+    """Refuse to add shards made here to shards made in another environment (bytes may differ)."""
+    changed = environment.differences(recorded, now) if recorded else []
+    if changed and not allow:
+        raise GenerationError(f"--out {out}: {reused} of {total} shards were made in another environment "
+                              f"({'; '.join(changed)}); finish the set there, pass --allow-env-change to "
+                              "mix them anyway, or --overwrite to start again")
+
+
 def _verify_existing(out: str, ranges: list[tuple[int, int, int]], job: ShardJob) -> dict[int, dict]:
     """Shards already written by an earlier (interrupted) run of the same command."""
     import pyarrow.parquet as pq
@@ -475,8 +496,8 @@ def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tupl
     from ganaug.raycluster import cluster_cpus, cluster_gpus
 
     cpus, gpus = cluster_cpus(), cluster_gpus()
-    if use_gpu and gpus <= 0:
-        raise GenerationError("--use-gpu: the Ray cluster has no GPU")
+    # With --use-gpu each actor asks for one whole GPU: Ray (and an autoscaler starting GPU
+    # nodes from zero) provisions them; fractions would pack every actor onto one device.
     default = max(1, int(gpus)) if use_gpu else max(1, int(cpus))
     n = max(1, min(workers or default, n_missing))
     # Fractional CPUs: the pool never holds every CPU, so Ray Data's other tasks always find
@@ -484,8 +505,7 @@ def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tupl
     # one thread per actor whatever this logical share is.
     budget = max(cpus - 1.0, cpus / 2)
     cpu = round(max(0.01, min(1.0, budget / n)), 3)
-    gpu = round(min(1.0, gpus / n), 3) if use_gpu else 0.0
-    return n, cpu, gpu
+    return n, cpu, (1.0 if use_gpu else 0.0)
 
 
 def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: int | None,
@@ -513,24 +533,31 @@ def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: in
 def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, arguments: dict, run_info: dict,
                  job: ShardJob, actor_cls: type, row_extra: Callable[[int, int], dict], workers: int | None,
                  use_gpu: bool, overwrite: bool, class_names: list[str], translated: bool,
-                 manifest_extra: dict, t0: float, progress: bool,
-                 before_pipeline: Callable[[], None] | None = None) -> dict:
+                 manifest_extra: dict, t0: float, progress: bool, allow_env_change: bool = False,
+                 shared_fs: bool = False, before_pipeline: Callable[[], None] | None = None) -> dict:
     _probe_writable(out)
     done = _prepare_out(out, arguments, overwrite)
     if done is not None:
         return _summary(out, done, generated=0, reused=len(done["files"]), t0=t0, pipeline_s=0.0)
-    storage.write_json(storage.join(out, shards.INTENT),
-                       {"fingerprint": shards.fingerprint(arguments), "arguments": arguments})
+    recorded = _recorded_environment(out)
     ranges = shard_ranges(total, rows_per_shard)
     results = _verify_existing(out, ranges, job)
     missing = [(i, a, b) for i, a, b in ranges if i not in results]
     reused = len(results)
+    env = recorded or {}
     if missing:
-        from ganaug.raycluster import ensure_ray
+        from ganaug.raycluster import ensure_ray, probe_environment, require_shared_paths
 
         if before_pipeline is not None:
             before_pipeline()
         ensure_ray()  # before the clock starts: images/s measures the pipeline, not Ray's startup
+        # Actors on any node write the shards and read the checkpoint; the driver lists them.
+        require_shared_paths({"--out": out, "--checkpoint": job.checkpoint_uri}, shared_fs)
+        env = probe_environment(use_gpu, echo=(lambda line: sys.stderr.write(f"{what}: {line}\n")) if progress
+                                else None)
+        _check_environment(out, recorded if reused else None, env, allow_env_change, reused, len(ranges))
+    storage.write_json(storage.join(out, shards.INTENT),
+                       {"fingerprint": shards.fingerprint(arguments), "arguments": arguments, "environment": env})
     bar = _Progress(what, total, sum(r["rows"] for r in results.values()), progress)
     t1 = time.time()
     if missing:
@@ -561,6 +588,9 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
                            "candidates": candidates, "rejected": rejected,
                            "rejection_rate": round(rejected / max(candidates, 1), 6)}
     extra["run"] = run_info
+    extra["environment"] = env
+    if reused and recorded and environment.differences(recorded, env):
+        extra["environment_changed_from"] = recorded  # --allow-env-change: say so in the set
     manifest = shards.build_manifest(rows=total, counts=counts, files=files, checkpoint_uri=job.checkpoint_uri,
                                      checkpoint_id=job.checkpoint_id, arguments=arguments,
                                      class_names=class_names, fmt=job.fmt, translated=translated, extra=extra)
@@ -606,8 +636,9 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     }
     if size is not None:  # only when asked: sets made before --size keep their fingerprint
         arguments["size"] = list(size)
-    job = ShardJob(checkpoint_uri=ckpt_uri, checkpoint_id=ckpt_id, out=cfg.out, fmt=cfg.format,
-                   total_rows=plan.total, device="cuda" if cfg.use_gpu else "cpu", seed=cfg.seed,
+    # Absolute: the actors run in working directories of their own.
+    job = ShardJob(checkpoint_uri=storage.absolute(ckpt_uri), checkpoint_id=ckpt_id, out=storage.absolute(cfg.out),
+                   fmt=cfg.format, total_rows=plan.total, device="cuda" if cfg.use_gpu else "cpu", seed=cfg.seed,
                    truncation=cfg.truncation, filter=cfg.filter, size=size)
     extra = {"label_plan": plan.info} if plan.info else {}
     resolution = int(meta["resolution"])
@@ -619,17 +650,20 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> dict:
                         row_extra=lambda a, b: {"labels": plan.labels(a, b).tobytes()},
                         workers=cfg.workers, use_gpu=cfg.use_gpu, overwrite=cfg.overwrite,
                         class_names=class_names, translated=False, manifest_extra=extra, t0=t0, progress=progress,
+                        allow_env_change=cfg.allow_env_change, shared_fs=cfg.shared_fs,
                         before_pipeline=lambda: parse_filter(cfg.filter, meta, ckpt_uri))
 
 
 def run_translate(cfg: TranslateConfig, progress: bool = True) -> dict:
     """Translate a dataset with a pix2pix/cyclegan checkpoint into a generated set."""
-    from ganaug.data import open_reader
+    from ganaug.data import open_reader, parse_spec
+    from ganaug.data.spec import absolute_spec
 
     t0 = time.time()
     cfg.validate()
     ckpt_uri, meta, ckpt_id = _load_checkpoint(cfg.checkpoint, "translation")
     parsed, reader = open_reader(cfg.input)
+    parsed = parse_spec(absolute_spec(cfg.input))  # the actors read it from their own directories
     try:
         start, stop = parsed.bounds(reader.num_rows())
         class_names = list(reader.class_names())
@@ -639,7 +673,8 @@ def run_translate(cfg: TranslateConfig, progress: bool = True) -> dict:
     _check(total > 0, f"--input {cfg.input}: the dataset has no rows")
     arguments = {"task": "translate", "checkpoint_id": ckpt_id, "input": cfg.input, "num": total,
                  "rows_per_shard": cfg.rows_per_shard, "format": cfg.format}
-    job = ShardJob(checkpoint_uri=ckpt_uri, checkpoint_id=ckpt_id, out=cfg.out, fmt=cfg.format, total_rows=total,
+    job = ShardJob(checkpoint_uri=storage.absolute(ckpt_uri), checkpoint_id=ckpt_id, out=storage.absolute(cfg.out),
+                   fmt=cfg.format, total_rows=total,
                    device="cuda" if cfg.use_gpu else "cpu", dataset_scheme=parsed.scheme,
                    dataset_location=parsed.location, dataset_offset=start, resolution=int(meta["resolution"]),
                    channels=int(meta["channels"]), class_names=class_names)
@@ -648,7 +683,8 @@ def run_translate(cfg: TranslateConfig, progress: bool = True) -> dict:
                                                        "use_gpu": cfg.use_gpu},
                         job=job, actor_cls=TranslateActor, row_extra=lambda a, b: {},
                         workers=cfg.workers, use_gpu=cfg.use_gpu, overwrite=cfg.overwrite,
-                        class_names=class_names, translated=True, manifest_extra={}, t0=t0, progress=progress)
+                        class_names=class_names, translated=True, manifest_extra={}, t0=t0, progress=progress,
+                        allow_env_change=cfg.allow_env_change, shared_fs=cfg.shared_fs)
 
 
 def config_dict(cfg: GenerateConfig | TranslateConfig) -> dict:

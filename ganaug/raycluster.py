@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from collections.abc import Callable
 
 from ganaug.errors import UserError, find_user_error
 
@@ -75,6 +77,58 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def require_shared_paths(paths: dict[str, str], shared_fs: bool) -> None:
+    """Refuse plain paths on a cluster of several nodes: each node has its own disk, so files
+    written by a worker on one are missing on the others and on the driver
+    (ARCHITECTURE.md §5). `paths`: {flag: URI}; --shared-fs vouches for a mounted shared filesystem."""
+    from ganaug import storage
+
+    local = [(flag, uri) for flag, uri in paths.items() if uri and not storage.is_s3(uri)]
+    if shared_fs or not local:
+        return
+    nodes = alive_nodes()
+    if nodes > 1:
+        flag, uri = local[0]
+        raise UserError(f"{flag} {uri} is a path on this machine, but the Ray cluster has {nodes} nodes, each "
+                        "with its own disk; use s3://bucket/prefix, or pass --shared-fs if it is a shared "
+                        "filesystem mounted at the same path on every node")
+
+
+def probe_environment(use_gpu: bool, echo: Callable[[str], None] | None = None,
+                      every_s: float = 15.0, timeout_s: float | None = None) -> dict:
+    """The environment fingerprint (ganaug.environment) where the job's actors will run: a task
+    with one actor's device, so on a cluster that scales from zero it also waits for that device,
+    saying so every `every_s` seconds with the resources it waits for. No timeout by default:
+    an autoscaler may take minutes to start a GPU node."""
+    import ray
+
+    from ganaug import environment
+
+    probe = ray.remote(environment.current).options(num_cpus=0.01, num_gpus=1 if use_gpu else 0)
+    ref = probe.remote("cuda" if use_gpu else "cpu")
+    t0 = time.time()
+    while True:
+        ready, _ = ray.wait([ref], timeout=every_s)
+        if ready:
+            return ray.get(ref)
+        waited = time.time() - t0
+        if timeout_s is not None and waited >= timeout_s:
+            ray.cancel(ref)  # a pending GPU task would otherwise still claim a GPU that turns up later
+            raise UserError(f"no {'GPU' if use_gpu else 'CPU'} became available within {timeout_s:g} s")
+        if echo is not None:
+            need = "1 GPU" if use_gpu else "a CPU"
+            have = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)
+            echo(f"waiting for {need} ({'GPUs' if use_gpu else 'CPUs'} in the cluster now: {have:g}; "
+                 f"{waited:.0f} s so far); an autoscaling cluster adds a node, "
+                 "a fixed cluster without one never will")
 
 
 @contextlib.contextmanager

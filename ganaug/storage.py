@@ -51,6 +51,12 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def absolute(uri: str) -> str:
+    """A plain path made absolute against this process's directory; URIs unchanged. For URIs
+    handed to Ray workers, whose working directories are their own."""
+    return uri if "://" in str(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def _is_file_uri(uri: str) -> bool:
     return str(uri).startswith("file://")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -147,8 +148,11 @@ def test_actor_pool_never_holds_every_cpu(monkeypatch):
         n, cpu, gpu = generation._actor_resources(workers, shards_left, use_gpu=False)
         assert n == min(workers or cpus, shards_left) and gpu == 0
         assert 0 < cpu <= 1 and n * cpu < cpus, (cpus, workers, n, cpu)
-    with pytest.raises(UserError, match="no GPU"):
-        generation._actor_resources(None, 4, use_gpu=True)
+    # --use-gpu asks for whole GPUs even where the cluster has none yet (GPU nodes scale from
+    # zero), and as many as asked for: 8 actors are 8 GPUs, never 8 eighths of one.
+    assert generation._actor_resources(None, 4, use_gpu=True)[::2] == (1, 1.0)
+    monkeypatch.setattr(raycluster, "cluster_gpus", lambda: 1.0)
+    assert generation._actor_resources(8, 40, use_gpu=True)[::2] == (8, 1.0)
 
 
 def test_filter_hook_overgenerates_deterministically(ckpts, monkeypatch):
@@ -320,6 +324,52 @@ def test_kill_and_resume_is_identical(reference, ckpts, ray_session, tmp_path):
     assert _shas(man) == _shas(ref) and man["counts"] == ref["counts"]
     assert not list(killed.glob(".*"))  # no temporaries, no intent file left behind
     assert not (killed / shards.INTENT).exists()
+
+
+@pytest.mark.timeout(300)
+def test_resume_in_another_environment_is_refused_unless_allowed(reference, ckpts, ray_session, tmp_path):
+    import shutil
+
+    from ganaug.generation import GenerationError
+
+    out, _ = reference
+    ref = json.loads(Path(out, "_manifest.json").read_text())
+    env = ref["environment"]
+    assert env["torch"] == torch.__version__ and env["device_type"] == "cpu"
+    # An unfinished copy of the set whose shards were made under another torch and GPU.
+    unfinished = tmp_path / "set"
+    shutil.copytree(out, unfinished)
+    (unfinished / "_manifest.json").unlink()
+    (unfinished / "part-00003.parquet").unlink()
+    other = dict(env, torch="0.0.0", device_type="cuda", gpu_name="Some GPU")
+    (unfinished / shards.INTENT).write_text(json.dumps(
+        {"fingerprint": ref["fingerprint"], "arguments": ref["arguments"], "environment": other}))
+    cfg = GenerateConfig(checkpoint=ckpts["cgan"], out=str(unfinished), num=N, rows_per_shard=R, seed=7, workers=1)
+    expected = (f"3 of 4 shards were made in another environment (torch 0.0.0 -> {torch.__version__}; "
+                "device_type cuda -> cpu; gpu_name Some GPU -> None); finish the set there, pass --allow-env-change")
+    with pytest.raises(GenerationError, match=re.escape(expected)):
+        run_generate(cfg, progress=False)
+    assert not (unfinished / "part-00003.parquet").exists()  # nothing was added to the mix
+
+    cfg.allow_env_change = True
+    summary = run_generate(cfg, progress=False)
+    assert summary["reused_shards"] == 3 and summary["generated_rows"] == R
+    man = json.loads((unfinished / "_manifest.json").read_text())
+    assert man["environment"] == env and man["environment_changed_from"] == other
+    assert _shas(man) == _shas(ref)  # same environment really, so the bytes agree
+
+
+def test_use_gpu_waits_for_a_gpu_and_says_so(ray_session):
+    """--use-gpu on a cluster with no GPU now (GPU workers scale from zero): no refusal, a line
+    naming what it waits for; here no autoscaler adds one, so the probe's timeout ends it."""
+    from ganaug.errors import UserError
+    from ganaug.raycluster import probe_environment
+
+    lines: list[str] = []
+    with pytest.raises(UserError, match="no GPU became available within 1 s"):
+        probe_environment(True, echo=lines.append, every_s=0.3, timeout_s=1.0)
+    assert lines and lines[0].startswith("waiting for 1 GPU (GPUs in the cluster now: 0;")
+    assert probe_environment(False)["device_type"] == "cpu"
 
 
 def _skewed_parquet(folder: Path) -> tuple[str, dict[int, int]]:

@@ -250,8 +250,18 @@ MULTINODE = textwrap.dedent("""
     import json, sys
     import ray
     from ray.cluster_utils import Cluster
+    from ganaug import storage
     from ganaug.config import load_config
+    from ganaug.errors import UserError
+    from ganaug.generation import GenerateConfig, run_generate
     from ganaug.training.worker import run_training
+
+    def refusal(fn):
+        try:
+            fn()
+        except UserError as e:
+            return str(e)
+        return None
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
@@ -259,18 +269,33 @@ MULTINODE = textwrap.dedent("""
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
-        summary = run_training(cfg, workers=2, storage=sys.argv[3], name="multi", echo=None)
-        print(json.dumps(summary))
+        out = {"train_refused": refusal(lambda: run_training(cfg, workers=2, storage=sys.argv[3], name="multi",
+                                                             echo=None))}
+        cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
+        summary = run_training(cfg, workers=2, storage=sys.argv[3], name="multi", echo=None, shared_fs=True)
+        out["summary"] = summary
+        gen = dict(checkpoint=summary["checkpoint"], num=40, rows_per_shard=20, workers=2)
+        out["generate_refused"] = refusal(lambda: run_generate(GenerateConfig(out="set", **gen), progress=False))
+        out["generate_shared_fs"] = run_generate(GenerateConfig(out="set", shared_fs=True, **gen), progress=False)
+        s3 = sys.argv[4]
+        storage.copy_tree(summary["checkpoint"], s3 + "/ckpt")
+        gen["checkpoint"] = s3 + "/ckpt"
+        out["generate_s3"] = run_generate(GenerateConfig(out=s3 + "/set", **gen), progress=False)
+        print(json.dumps(out))
     finally:
         ray.shutdown()
         cluster.shutdown()
 """)
 
 
-def test_two_simulated_nodes_one_worker_each(tmp_path):
+def test_two_simulated_nodes_one_worker_each(tmp_path, s3):
     """ray.cluster_utils.Cluster with two 1-CPU nodes: one worker lands on each. Runs in a
     subprocess, because it needs its own Ray (the session's Ray stays up). Storage and data
-    paths are relative to the driver's directory, which is not the workers' one."""
+    paths are relative to the driver's directory, which is not the workers' one.
+
+    Plain paths are refused on two nodes (each has its own disk) for training's --storage and
+    generation's --out, with one line; --shared-fs (the simulated nodes do share this disk) and
+    s3:// work, and the two sets agree byte for byte."""
     import numpy as np
     from PIL import Image
 
@@ -282,10 +307,23 @@ def test_two_simulated_nodes_one_worker_each(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     overrides = [*TINY, "training.steps=8", "data.spec=imagefolder:imgs"]
     proc = subprocess.run(
-        [PY, "-c", MULTINODE, str(REPO / "jobs/configs/digits-cgan.yaml"), json.dumps(overrides), "store"],
+        [PY, "-c", MULTINODE, str(REPO / "jobs/configs/digits-cgan.yaml"), json.dumps(overrides), "store",
+         s3.new_prefix("multinode")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    store = tmp_path / "store"
+    assert out["train_refused"] == (
+        f"--storage {store} is a path on this machine, but the Ray cluster has 2 nodes, each with its own disk; "
+        "use s3://bucket/prefix, or pass --shared-fs if it is a shared filesystem mounted at the same path on "
+        "every node")
+    assert out["generate_refused"].startswith("--out set is a path on this machine, but the Ray cluster has 2 nodes")
+    assert "\n" not in out["generate_refused"]
+    local, remote = out["generate_shared_fs"], out["generate_s3"]
+    assert local["rows"] == remote["rows"] == 40 and local["generated_rows"] == 40
+    assert json.loads((tmp_path / "set" / "_manifest.json").read_text())["files"] == \
+        storage.read_json(remote["manifest"])["files"]
+    summary = out["summary"]
     assert summary["nodes"] == 2 and summary["workers"] == 2
     assert summary["step"] == 8 and summary["ranks_in_sync"] is True
     assert summary["run"] == str(tmp_path / "store" / "multi")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -69,3 +70,16 @@ def parse_spec(spec: str) -> DatasetSpec:
         raise DatasetError(f"bad dataset spec {spec!r}: unknown builtin dataset {loc!r}; "
                            f"available: {', '.join('builtin:' + b for b in BUILTINS)}")
     return DatasetSpec(scheme, loc, bounds[0], bounds[1])
+
+
+def absolute_spec(spec: str) -> str:
+    """The spec with its local paths made absolute (against this process's directory).
+
+    The driver resolves them: Ray workers run in directories of their own, so a relative path
+    would name another folder there (s3://, file:// and builtin: are left as they are)."""
+    parsed = parse_spec(spec)
+    if parsed.scheme == "builtin":
+        return str(parsed)
+    parts = parsed.location.split(",") if parsed.scheme == "paired" else [parsed.location]
+    parts = [p.strip() if "://" in p else os.path.abspath(os.path.expanduser(p.strip())) for p in parts]
+    return str(DatasetSpec(parsed.scheme, ",".join(parts), parsed.start, parsed.stop))

@@ -60,6 +60,7 @@ from typing import Any
 
 from ganaug import storage
 from ganaug.config import RunConfig, config_from_dict
+from ganaug.data.spec import absolute_spec
 from ganaug.errors import UserError
 from ganaug.training import run_files
 
@@ -140,6 +141,18 @@ def _diff_sections(old: dict, new: dict, sections=("model", "data")) -> list[str
     return out
 
 
+def _with_absolute_specs(config: dict) -> dict:
+    """A stored config whose data specs may be relative (older runs): compared as absolute ones."""
+    data = dict(config.get("data") or {})
+    for key in ("spec", "source_spec"):
+        if data.get(key):
+            try:
+                data[key] = absolute_spec(data[key])
+            except UserError:
+                pass  # an unparsable old spec differs from the new one anyway
+    return {**config, "data": data}
+
+
 def _check_spec(key: str, spec: str) -> dict:
     from ganaug.data import dataset_summary
 
@@ -208,6 +221,10 @@ def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None
         native = native_size(cfg.data.spec)
     except UserError as e:
         raise UserError(f"config key 'data.spec': {e}") from None
+    # Workers run in directories of their own: they get the specs with absolute paths.
+    cfg.data.spec = summary["spec"] = absolute_spec(cfg.data.spec)
+    if cfg.data.source_spec:
+        cfg.data.source_spec = absolute_spec(cfg.data.source_spec)
 
     run_uri = storage.join(cfg.storage.root, name)
     resume_uri = checkpoint.latest_checkpoint(run_uri)
@@ -215,7 +232,7 @@ def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None
     if resume_uri:
         meta = checkpoint.load_meta(resume_uri)
         resume_step = int(meta.get("step", 0))
-        changed = _diff_sections(meta.get("config") or {}, cfg.to_dict())
+        changed = _diff_sections(_with_absolute_specs(meta.get("config") or {}), cfg.to_dict())
         if changed:
             raise UserError(f"run {run_files.redact(run_uri)} exists with a different model/data config "
                             f"({'; '.join(changed[:3])}); use a new --name to start a fresh run")
@@ -427,7 +444,8 @@ def summarize(plan: RunPlan, progress: _Progress | None = None, wall_seconds: fl
 
 def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None = None,
                  storage: str | None = None, name: str | None = None, *,
-                 echo: Callable[[str], None] | None = print, plan: RunPlan | None = None) -> dict:
+                 echo: Callable[[str], None] | None = print, plan: RunPlan | None = None,
+                 shared_fs: bool = False) -> dict:
     """Train `cfg` on Ray Train and return the summary dict (the CLI's last JSON line).
 
     Connects to RAY_ADDRESS when set, else starts a local Ray (an initialised Ray is reused).
@@ -449,10 +467,12 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
                  "nothing to do (raise training.max_minutes to go on)")
         return summarize(plan, None, time.perf_counter() - t0)
 
-    from ganaug.raycluster import ensure_ray
+    from ganaug.raycluster import ensure_ray, require_shared_paths
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _POLL_INTERVAL_S)
     ray = ensure_ray(log_to_driver=False, logging_level=logging.WARNING)
+    # Rank 0 writes checkpoints wherever it runs; the driver and resume read them back.
+    require_shared_paths({"--storage": plan.cfg.storage.root}, shared_fs)
     _quiet_ray_loggers()
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
