@@ -32,7 +32,7 @@ def cli() -> None:
 @click.option("--allow-incomplete", is_flag=True, help="Describe a generated set that has no _manifest.json yet.")
 def info(uri: str, allow_incomplete: bool) -> None:
     """What a dataset spec, checkpoint, run or generated set is."""
-    from ganaug.inspect import describe
+    from ganaug.describe import describe
 
     emit_json(describe(uri, allow_incomplete=allow_incomplete))
 

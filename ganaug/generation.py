@@ -274,15 +274,15 @@ class _ShardActor:
             data = shards.table_bytes(table)
             name = shards.shard_name(index)
             storage.write_bytes(storage.join(self.job.out, name), data)
-            labels = table.column("label").to_numpy()
-            out["index"].append(index)
-            out["file"].append(name)
-            out["rows"].append(table.num_rows)
-            out["sha256"].append(shards.sha256(data))
-            out["counts"].append(json.dumps(count_labels(labels)))
-            out["fallback"].append(fallback)
-            out["candidates"].append(candidates_drawn(table.column("seed").to_numpy(), start, self.job.seed,
-                                                      self.job.total_rows) if self.job.filter else stop - start)
+            info = {"index": index, "file": name, "rows": table.num_rows, "size": len(data),
+                    "sha256": shards.sha256(data), "counts": count_labels(table.column("label").to_numpy()),
+                    "fallback": fallback,
+                    "candidates": candidates_drawn(table.column("seed").to_numpy(), start, self.job.seed,
+                                                   self.job.total_rows) if self.job.filter else stop - start}
+            # After the shard: a record without its shard never exists.
+            storage.write_json(storage.join(self.job.out, shards.record_name(index)), info)
+            for key in out:
+                out[key].append(json.dumps(info[key]) if key == "counts" else info[key])
         return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -407,6 +407,7 @@ def _prepare_out(out: str, arguments: dict, overwrite: bool) -> dict | None:
     for name in [shards.MANIFEST, shards.INTENT] + ours:
         if name in names:
             storage.delete(storage.join(out, name))
+    storage.delete(storage.join(out, shards.RECORDS), recursive=True)
     return None
 
 
@@ -438,9 +439,28 @@ def _verify_existing(out: str, ranges: list[tuple[int, int, int]], job: ShardJob
             storage.delete(storage.join(out, n))
     todo = [(i, a, b) for i, a, b in ranges if shards.shard_name(i) in names]
 
+    def by_record(i: int, rows: int) -> dict | None:
+        """The shard's record, if its size and Parquet footer agree with it (no download)."""
+        uri, rec_uri = storage.join(out, shards.shard_name(i)), storage.join(out, shards.record_name(i))
+        if not storage.exists(rec_uri):
+            return None
+        try:
+            rec = storage.read_json(rec_uri)
+            if rec.get("rows") != rows or storage.size(uri) != rec.get("size"):
+                return None
+            with storage.open_input(uri) as fh:
+                if pq.ParquetFile(fh).metadata.num_rows != rows:
+                    return None
+        except Exception:  # a torn or foreign record or shard: check it the long way
+            return None
+        return {**rec, "counts": {int(k): v for k, v in rec["counts"].items()}, "verified_by": "record"}
+
     def check(item):
         i, a, b = item
         name = shards.shard_name(i)
+        found = by_record(i, b - a)
+        if found is not None:
+            return found
         data = storage.read_bytes(storage.join(out, name))
         if shards.check_shard_bytes(data, b - a) is not None:
             return None  # incomplete or foreign: make it again
@@ -450,7 +470,7 @@ def _verify_existing(out: str, ranges: list[tuple[int, int, int]], job: ShardJob
                       if job.filter else b - a)
         # (filter fallbacks of reused shards are not recorded in them: counted as 0)
         return {"index": i, "file": name, "rows": b - a, "sha256": shards.sha256(data),
-                "counts": count_labels(labels), "fallback": 0, "candidates": candidates}
+                "counts": count_labels(labels), "fallback": 0, "candidates": candidates, "verified_by": "download"}
 
     found: dict[int, dict] = {}
     if todo:
@@ -562,7 +582,9 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
     t1 = time.time()
     if missing:
         if reused and progress:
-            sys.stderr.write(f"{what}: resuming, {reused} of {len(ranges)} shards already complete\n")
+            by_record = sum(1 for r in results.values() if r.get("verified_by") == "record")
+            sys.stderr.write(f"{what}: resuming, {reused} of {len(ranges)} shards already complete "
+                             f"({by_record} checked by their records, {reused - by_record} downloaded)\n")
         die_after = int(os.environ.get(DIE_AFTER_ENV, "0") or 0)
         items = [{"index": i, "start": a, "stop": b, **row_extra(a, b)} for i, a, b in missing]
         for made, info in enumerate(_run_pipeline(actor_cls, job, items, workers, use_gpu), start=1):
@@ -596,8 +618,13 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
                                      class_names=class_names, fmt=job.fmt, translated=translated, extra=extra)
     shards.write_manifest(out, manifest)  # the marker: last
     storage.delete(storage.join(out, shards.INTENT))
-    return _summary(out, manifest, generated=sum(b - a for i, a, b in missing), reused=reused, t0=t0,
-                    pipeline_s=pipeline_s)
+    storage.delete(storage.join(out, shards.RECORDS), recursive=True)
+    summary = _summary(out, manifest, generated=sum(b - a for i, a, b in missing), reused=reused, t0=t0,
+                       pipeline_s=pipeline_s)
+    if reused:  # how the reused shards were checked: by their records (footer + size) or downloaded
+        summary["reused_checked_by_record"] = sum(1 for i, _, _ in ranges
+                                                  if results[i].get("verified_by") == "record")
+    return summary
 
 
 def _summary(out: str, manifest: dict, *, generated: int, reused: int, t0: float, pipeline_s: float) -> dict:

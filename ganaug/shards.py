@@ -30,6 +30,14 @@ from ganaug.errors import UserError
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
 INTENT = "_generation.json"
+# Per-shard records of an unfinished set ({"rows", "size", "sha256", "counts", ...}), written
+# right after their shard: a resume checks a shard by its footer and size against its record
+# instead of downloading it. Deleted with the intent once the manifest is written.
+RECORDS = "_shards"
+
+
+def record_name(index: int) -> str:
+    return f"{RECORDS}/{SHARD_PATTERN.format(index)}.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
 COMPRESSION = "snappy"   # image bytes are already compressed; the small columns barely matter
 

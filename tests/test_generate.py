@@ -306,7 +306,7 @@ def test_kill_and_resume_is_identical(reference, ckpts, ray_session, tmp_path):
     present = sorted(p.name for p in killed.glob("part-*.parquet"))
     assert 1 <= len(present) < N // R and not (killed / "_manifest.json").exists()
     # An incomplete set is refused by readers and `ganaug info`.
-    from ganaug.inspect import describe
+    from ganaug.describe import describe
 
     with pytest.raises(UserError, match="incomplete"):
         describe(str(killed))
@@ -314,16 +314,26 @@ def test_kill_and_resume_is_identical(reference, ckpts, ray_session, tmp_path):
     missing = [f"part-{i:05d}.parquet" for i in range(N // R) if f"part-{i:05d}.parquet" not in present]
     (killed / missing[-1]).write_bytes(b"PAR1 not really")
     before = {n: (killed / n).stat().st_mtime_ns for n in present}
+    # Each finished shard has its record (rows, size, sha256, counts), written after it. One
+    # record that disagrees with its shard's size: that shard is checked the long way.
+    records = sorted(p.name for p in (killed / shards.RECORDS).glob("*.json"))
+    # (a shard the kill caught between its write and its record's has none; shard 0, reported
+    # to the driver before the kill, has one)
+    assert records[0] == f"{present[0]}.json" and set(records) <= {f"{n}.json" for n in present}
+    rec = json.loads((killed / shards.record_name(0)).read_text())
+    assert rec["size"] == (killed / present[0]).stat().st_size and rec["rows"] == R
+    (killed / shards.record_name(0)).write_text(json.dumps(dict(rec, size=rec["size"] + 1)))
 
     summary = run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(killed), num=N, rows_per_shard=R,
                                           seed=7, workers=1), progress=False)
     assert summary["reused_shards"] == len(present)
+    assert summary["reused_checked_by_record"] == len(records) - 1  # these were not downloaded
     assert summary["generated_rows"] == N - R * len(present)
     assert {n: (killed / n).stat().st_mtime_ns for n in present} == before  # not rewritten
     man = json.loads((killed / "_manifest.json").read_text())
     assert _shas(man) == _shas(ref) and man["counts"] == ref["counts"]
     assert not list(killed.glob(".*"))  # no temporaries, no intent file left behind
-    assert not (killed / shards.INTENT).exists()
+    assert not (killed / shards.INTENT).exists() and not (killed / shards.RECORDS).exists()
 
 
 @pytest.mark.timeout(300)

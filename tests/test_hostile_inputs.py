@@ -150,7 +150,7 @@ def test_huggingface_class_names(tmp_path):
     pq.write_table(t, tmp_path / "train.parquet")
     hist, names = label_histogram(f"parquet:{tmp_path / 'train.parquet'}")
     assert names == ["airplane", "automobile", "bird"] and hist == {0: 2, 1: 0, 2: 2}
-    from ganaug.inspect import describe
+    from ganaug.describe import describe
 
     assert describe(f"parquet:{tmp_path / 'train.parquet'}")["classes"] == \
         {"airplane": 2, "automobile": 0, "bird": 2}

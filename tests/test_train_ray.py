@@ -56,6 +56,9 @@ def check_complete_run(summary: dict, steps: int, workers: int) -> None:
     meta = checkpoint.load_meta(summary["checkpoint"])
     assert meta["step"] == steps and meta["images_seen"] == summary["images_seen"]
     assert meta["config"]["training"]["num_workers"] == workers and len(meta["config_digest"]) == 16
+    import torch
+
+    assert meta["environment"]["torch"] == torch.__version__ and meta["environment"]["device_type"] == "cpu"
     state = checkpoint.load_train_state(summary["checkpoint"], meta)
     assert state["step"] == steps
     # metrics.jsonl: one line per report, steps strictly increasing up to the end.
@@ -254,12 +257,12 @@ MULTINODE = textwrap.dedent("""
     from ganaug.config import load_config
     from ganaug.errors import UserError
     from ganaug.generation import GenerateConfig, run_generate
-    from ganaug.training.worker import run_training
+    from ganaug.training.worker import TrainingFailed, run_training
 
     def refusal(fn):
         try:
             fn()
-        except UserError as e:
+        except (UserError, TrainingFailed) as e:
             return str(e)
         return None
 
@@ -281,6 +284,12 @@ MULTINODE = textwrap.dedent("""
         storage.copy_tree(summary["checkpoint"], s3 + "/ckpt")
         gen["checkpoint"] = s3 + "/ckpt"
         out["generate_s3"] = run_generate(GenerateConfig(out=s3 + "/set", **gen), progress=False)
+        # A node that advertises a GPU torch cannot use (this machine has none): fail, never fall back.
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        cfg = load_config(sys.argv[1], json.loads(sys.argv[2]) + ["training.max_failures=0"])
+        out["gpu_refused"] = refusal(lambda: run_training(cfg, workers=1, use_gpu=True, storage=s3, name="gpu",
+                                                          echo=None))
         print(json.dumps(out))
     finally:
         ray.shutdown()
@@ -295,7 +304,8 @@ def test_two_simulated_nodes_one_worker_each(tmp_path, s3):
 
     Plain paths are refused on two nodes (each has its own disk) for training's --storage and
     generation's --out, with one line; --shared-fs (the simulated nodes do share this disk) and
-    s3:// work, and the two sets agree byte for byte."""
+    s3:// work, and the two sets agree byte for byte. A third node advertises a GPU that torch
+    cannot use: --use-gpu training fails with that reason instead of running on the CPU."""
     import numpy as np
     from PIL import Image
 
@@ -323,6 +333,7 @@ def test_two_simulated_nodes_one_worker_each(tmp_path, s3):
     assert local["rows"] == remote["rows"] == 40 and local["generated_rows"] == 40
     assert json.loads((tmp_path / "set" / "_manifest.json").read_text())["files"] == \
         storage.read_json(remote["manifest"])["files"]
+    assert "rank 0" in out["gpu_refused"] and "has no usable CUDA device" in out["gpu_refused"]
     summary = out["summary"]
     assert summary["nodes"] == 2 and summary["workers"] == 2
     assert summary["step"] == 8 and summary["ranks_in_sync"] is True

@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ganaug import storage
+from ganaug import environment, storage
 from ganaug.config import RunConfig, config_from_dict
 from ganaug.data.spec import absolute_spec
 from ganaug.errors import UserError
@@ -639,11 +639,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     threads = tc.threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size()))
     torch.set_num_threads(threads)
-    if tc.use_gpu and torch.cuda.is_available():
-        device = ray.train.torch.get_device()
-        torch.backends.cudnn.benchmark = True
-    else:
-        device = torch.device("cpu")
+    if tc.use_gpu and not torch.cuda.is_available():
+        # Ray gave this worker a GPU, but torch cannot use it (a CPU-only wheel, a driver
+        # mismatch): training on the CPU instead would be silent and many times slower.
+        raise UserError(f"--use-gpu: rank {rank} on {socket.gethostname()} has no usable CUDA device (torch "
+                        f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); install a CUDA "
+                        "build of torch on the GPU nodes, or train without --use-gpu")
+    # (cuDNN autotuning is the loop's to set: training.cudnn_benchmark.)
+    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
 
     source = None
     if is_paired_spec(cfg.data.spec):  # real pairs: A is the spec's own other side, row-aligned
@@ -673,7 +676,8 @@ def train_loop_per_worker(config: dict) -> None:
             seconds0 = float(metrics_log.last.get("seconds") or 0.0)
 
     meta_base = trainer.model_meta()
-    meta_base.update(config=cfg.to_dict(), config_digest=cfg.digest(), run=config.get("name"))
+    meta_base.update(config=cfg.to_dict(), config_digest=cfg.digest(), run=config.get("name"),
+                     environment=environment.current(device.type))  # where these weights were trained
     if config.get("native_size"):
         meta_base["native_size"] = [int(v) for v in config["native_size"]]
     translation = meta_base["kind"] == "translation"
@@ -691,8 +695,11 @@ def train_loop_per_worker(config: dict) -> None:
         nonlocal first_report
         from ganaug.losses import unwrap
 
-        own = {"step": trainer.step, "rank": rank, "node": node,
-               "g_hash": _params_hash(unwrap(trainer.G)), "d_hash": _params_hash(unwrap(trainer.D))}
+        own = {"step": trainer.step, "rank": rank, "node": node}
+        if is_checkpoint_step(trainer.step):
+            # The DDP sync check copies every parameter to the CPU: only at checkpoints (and
+            # the last step), not at every report.
+            own.update(g_hash=_params_hash(unwrap(trainer.G)), d_hash=_params_hash(unwrap(trainer.D)))
         if rank != 0:
             ray.train.report(own)
             return
