@@ -411,6 +411,7 @@ def parse_args(argv=None):
     if a.quick:
         a.num, a.seeds, a.cas_epochs, a.gain_steps, a.domain_epochs, a.gan_per_class = 200, 1, 1, 20, 1, 10
         a.no_docs = True
+    a.out = str(Path(a.out).resolve())  # specs handed to `ganaug train` name absolute files
     a.kshot = [int(k) for k in str(a.kshot).split(",") if k.strip()]
     a.family_list = [f.strip() for f in a.families.split(",") if f.strip()]
     bad = [f for f in a.family_list if f not in FAMILIES]
