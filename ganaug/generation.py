@@ -564,6 +564,7 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
     results = _verify_existing(out, ranges, job)
     missing = [(i, a, b) for i, a, b in ranges if i not in results]
     reused = len(results)
+    by_record = sum(1 for r in results.values() if r.get("verified_by") == "record")
     env = recorded or {}
     if missing:
         from ganaug.raycluster import ensure_ray, probe_environment, require_shared_paths
@@ -582,7 +583,6 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
     t1 = time.time()
     if missing:
         if reused and progress:
-            by_record = sum(1 for r in results.values() if r.get("verified_by") == "record")
             sys.stderr.write(f"{what}: resuming, {reused} of {len(ranges)} shards already complete "
                              f"({by_record} checked by their records, {reused - by_record} downloaded)\n")
         die_after = int(os.environ.get(DIE_AFTER_ENV, "0") or 0)
@@ -622,8 +622,7 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
     summary = _summary(out, manifest, generated=sum(b - a for i, a, b in missing), reused=reused, t0=t0,
                        pipeline_s=pipeline_s)
     if reused:  # how the reused shards were checked: by their records (footer + size) or downloaded
-        summary["reused_checked_by_record"] = sum(1 for i, _, _ in ranges
-                                                  if results[i].get("verified_by") == "record")
+        summary["reused_checked_by_record"] = by_record
     return summary
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
+from ganaug import storage
 from ganaug.errors import UserError
 
 SCHEMES = ("builtin", "mnist", "imagefolder", "parquet", "paired", "sidebyside")
@@ -81,5 +81,5 @@ def absolute_spec(spec: str) -> str:
     if parsed.scheme == "builtin":
         return str(parsed)
     parts = parsed.location.split(",") if parsed.scheme == "paired" else [parsed.location]
-    parts = [p.strip() if "://" in p else os.path.abspath(os.path.expanduser(p.strip())) for p in parts]
+    parts = [storage.absolute(p.strip()) for p in parts]
     return str(DatasetSpec(parsed.scheme, ",".join(parts), parsed.start, parsed.stop))

@@ -199,10 +199,9 @@ def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None
         tc.use_gpu = bool(use_gpu)
     if storage_root:
         cfg.storage.root = str(storage_root)
-    if "://" not in cfg.storage.root:
-        # Workers run in a Train-made working directory: a relative root must be made
-        # absolute here (on several nodes it must also be shared storage, e.g. NFS).
-        cfg.storage.root = os.path.abspath(os.path.expanduser(cfg.storage.root))
+    # Workers run in a Train-made working directory: a relative root must be made absolute
+    # here (on several nodes it must also be shared storage, e.g. NFS).
+    cfg.storage.root = storage.absolute(cfg.storage.root)
     cfg.validate()
     name = name or cfg.model.family
     if not _NAME_RE.match(name):
