@@ -324,8 +324,8 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
 
     parsed = parse_spec(spec)
     _check(parsed.scheme == "parquet", f"the Ray Data feature path reads Parquet sets, not {spec!r}")
-    _check(parsed.start is None and parsed.stop is None,
-           f"{spec}: the Ray Data feature path reads whole sets; drop the [a:b] slice")
+    _check(parsed.start is None and parsed.stop is None and not parsed.classes,
+           f"{spec}: the Ray Data feature path reads whole sets; drop the [a:b] slice and class filter")
     _, reader = open_reader(spec, allow_incomplete)
     fs, _ = storage.resolve(reader.files[0])
     paths = [storage.resolve(f)[1] for f in reader.files]
@@ -555,8 +555,8 @@ def run_evaluate(cfg: EvaluateConfig, echo: Callable[[str], None] | None = None)
             raise EvaluateError(f"--synthetic {cfg.synthetic}: {str(e).splitlines()[0]}") from None
         rows = stop - start
         use_ray = cfg.ray if cfg.ray is not None else rows > cfg.ray_threshold
-        if use_ray and parsed.scheme != "parquet":
-            _check(cfg.ray is not True, f"--ray: the Ray Data feature path reads Parquet sets, not {syn_spec}")
+        if use_ray and (parsed.scheme != "parquet" or parsed.classes):
+            _check(cfg.ray is not True, f"--ray: the Ray Data feature path reads whole Parquet sets, not {syn_spec}")
             use_ray = False
         data_info["synthetic"] = {"source": cfg.synthetic, "spec": syn_spec, "rows": rows}
         manifest_uri = storage.join(parsed.location, "_manifest.json") if parsed.scheme == "parquet" else None

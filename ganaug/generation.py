@@ -238,6 +238,7 @@ class ShardJob:
     dataset_scheme: str = ""
     dataset_location: str = ""
     dataset_offset: int = 0
+    dataset_classes: tuple[str, ...] | None = None   # the input spec's class filter, if any
     resolution: int = 0
     channels: int = 0
     class_names: list[str] = field(default_factory=list)
@@ -322,7 +323,7 @@ class TranslateActor(_ShardActor):
 
         job = self.job
         spec = str(DatasetSpec(job.dataset_scheme, job.dataset_location,
-                               job.dataset_offset + start, job.dataset_offset + stop))
+                               job.dataset_offset + start, job.dataset_offset + stop, job.dataset_classes))
         if is_paired_spec(spec):  # a pair spec's inputs are its A side
             parts = [load_side(spec, "a", job.resolution, job.channels)]
         else:
@@ -702,7 +703,8 @@ def run_translate(cfg: TranslateConfig, progress: bool = True) -> dict:
     job = ShardJob(checkpoint_uri=storage.absolute(ckpt_uri), checkpoint_id=ckpt_id, out=storage.absolute(cfg.out),
                    fmt=cfg.format, total_rows=total,
                    device="cuda" if cfg.use_gpu else "cpu", dataset_scheme=parsed.scheme,
-                   dataset_location=parsed.location, dataset_offset=start, resolution=int(meta["resolution"]),
+                   dataset_location=parsed.location, dataset_offset=start, dataset_classes=parsed.classes,
+                   resolution=int(meta["resolution"]),
                    channels=int(meta["channels"]), class_names=class_names)
     return _run_sharded(what="translate", out=cfg.out, total=total, rows_per_shard=cfg.rows_per_shard,
                         arguments=arguments, run_info={"checkpoint": cfg.checkpoint, "workers": cfg.workers,

@@ -51,7 +51,11 @@ def open_reader(spec: str | DatasetSpec, allow_incomplete: bool = False) -> tupl
     parsed = spec if isinstance(spec, DatasetSpec) else parse_spec(spec)
     text = str(spec)
     with _storage_errors(text):
-        return parsed, _reader_class(parsed.scheme)(text, parsed.location, allow_incomplete)
+        reader = _reader_class(parsed.scheme)(text, parsed.location, allow_incomplete)
+        if parsed.classes:
+            from ganaug.data.classfilter import ClassFilterReader
+            reader = ClassFilterReader(reader, parsed.classes, text)
+        return parsed, reader
 
 
 def _check_args(resolution, channels, batch_rows=1) -> None:

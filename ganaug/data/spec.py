@@ -12,9 +12,13 @@ SCHEMES = ("builtin", "mnist", "imagefolder", "parquet", "paired", "sidebyside")
 BUILTINS = ("digits",)
 SPEC_HELP = ("builtin:digits, mnist:DIR_OR_URI, imagefolder:DIR_OR_URI, parquet:URI, "
              "paired:A_DIR,B_DIR, sidebyside:DIR "
-             "(any of them may end with a row slice [a:b])")
+             "(any of them may end with a class filter {classes=NAME,...} and then a row slice [a:b])")
 
-_SPEC_RE = re.compile(r"^(?P<scheme>[A-Za-z0-9_+-]+):(?P<loc>.*?)(?:\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]]*)\])?$", re.DOTALL)
+# location, then an optional class filter, then an optional row slice: the filter keeps the rows
+# of the named classes first, and [a:b] then slices the rows it kept.
+_SPEC_RE = re.compile(r"^(?P<scheme>[A-Za-z0-9_+-]+):(?P<loc>.*?)"
+                      r"(?:\{classes=(?P<classes>[^{}]*)\})?"
+                      r"(?:\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]]*)\])?$", re.DOTALL)
 
 
 class DatasetError(UserError):
@@ -27,6 +31,9 @@ class DatasetSpec:
     location: str
     start: int | None = None   # None = from the first row
     stop: int | None = None    # None = to the last row (exclusive)
+    # Class filter: only rows of these class names, relabelled 0..len-1 in this order. The row
+    # slice then applies to the rows the filter kept.
+    classes: tuple[str, ...] | None = None
 
     def bounds(self, num_rows: int) -> tuple[int, int]:
         """The selected [start, stop) clamped to a dataset of num_rows rows (python slicing)."""
@@ -36,6 +43,8 @@ class DatasetSpec:
 
     def __str__(self) -> str:
         s = f"{self.scheme}:{self.location}"
+        if self.classes:
+            s += "{classes=" + ",".join(self.classes) + "}"
         if self.start is not None or self.stop is not None:
             s += f"[{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}]"
         return s
@@ -69,7 +78,22 @@ def parse_spec(spec: str) -> DatasetSpec:
     if scheme == "builtin" and loc not in BUILTINS:
         raise DatasetError(f"bad dataset spec {spec!r}: unknown builtin dataset {loc!r}; "
                            f"available: {', '.join('builtin:' + b for b in BUILTINS)}")
-    return DatasetSpec(scheme, loc, bounds[0], bounds[1])
+    classes = _parse_classes(spec, scheme, m.group("classes"))
+    return DatasetSpec(scheme, loc, bounds[0], bounds[1], classes)
+
+
+def _parse_classes(spec: str, scheme: str, raw: str | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    names = tuple(n.strip() for n in raw.split(","))
+    if not names or any(not n for n in names):
+        raise DatasetError(f"bad dataset spec {spec!r}: the class filter {{classes={raw}}} needs class names "
+                           "separated by commas, e.g. {classes=cat,dog}")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"bad dataset spec {spec!r}: the class filter names a class twice")
+    if scheme in ("paired", "sidebyside"):
+        raise DatasetError(f"bad dataset spec {spec!r}: {scheme}: datasets have no classes to filter")
+    return names
 
 
 def absolute_spec(spec: str) -> str:
@@ -82,4 +106,4 @@ def absolute_spec(spec: str) -> str:
         return str(parsed)
     parts = parsed.location.split(",") if parsed.scheme == "paired" else [parsed.location]
     parts = [storage.absolute(p.strip()) for p in parts]
-    return str(DatasetSpec(parsed.scheme, ",".join(parts), parsed.start, parsed.stop))
+    return str(DatasetSpec(parsed.scheme, ",".join(parts), parsed.start, parsed.stop, parsed.classes))

@@ -178,7 +178,7 @@ def native_size(spec: str, rows: int = NATIVE_SIZE_ROWS) -> tuple[int, int] | No
     parsed = parse_spec(spec)
     start = parsed.start or 0
     stop = start + rows if parsed.stop is None else min(parsed.stop, start + rows)
-    head = str(DatasetSpec(parsed.scheme, parsed.location, start, stop))
+    head = str(DatasetSpec(parsed.scheme, parsed.location, start, stop, parsed.classes))
     sizes = Counter(tuple(int(v) for v in part.images.shape[1:3])
                     for part in iter_dataset(head, batch_rows=1) if len(part))
     return sizes.most_common(1)[0][0] if sizes else None
