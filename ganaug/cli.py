@@ -5,18 +5,66 @@ User errors (bad flag, key, file, URI) exit 2 with one line; no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from ganaug.errors import UserError
+from ganaug.evaluation_config import EvaluateConfig
 
 
 def emit_json(obj: dict) -> None:
     """The last stdout line of every job command is JSON (ARCHITECTURE.md §3)."""
     click.echo(json.dumps(obj, sort_keys=True, default=str))
+
+
+def config_options(cls: type) -> Callable[[Callable], Callable]:
+    """Click options from a config dataclass, so each option is declared once, on its field:
+    field(metadata={"help": ..., "flag": ...}); the flag defaults to --field-name and the
+    command gets the field names as keyword arguments."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(f: Callable) -> Callable:
+        for fld in reversed(dataclasses.fields(cls)):  # click lists options in decorator order
+            flag = fld.metadata.get("flag") or f"--{fld.name.replace('_', '-')}"
+            f = click.option(flag, fld.name, **_option_kwargs(fld, hints[fld.name]))(f)
+        return f
+
+    return decorate
+
+
+def _option_kwargs(fld: dataclasses.Field, hint: Any) -> dict:
+    """A bool is a switch (a "--x/--no-x" flag when it may be None); int and float are typed;
+    a default is shown only where there is a real one (not None or "")."""
+    kind = _unwrap_optional(hint)
+    kw: dict[str, Any] = {"help": fld.metadata.get("help")}
+    if kind is bool:
+        if fld.default is None:
+            kw["default"] = None
+        else:
+            kw["is_flag"] = True
+        return kw
+    kw["default"] = fld.default
+    if kind in (int, float):
+        kw["type"] = kind
+    if fld.default not in (None, ""):
+        kw["show_default"] = True
+    return kw
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    """`X | None` -> X."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,63 +249,12 @@ def train(config: str, overrides: tuple[str, ...], workers: int | None, use_gpu:
 # -------------------------------------------------------------------------------- evaluate
 
 @cli.command("evaluate")
-@click.option("--out", default="", help="Report folder: a path or s3://bucket/prefix.  [required]")
-@click.option("--real", default="", help="Real dataset spec, its train part (e.g. mnist:DIR[0:5000]).  [required]")
-@click.option("--heldout", default=None,
-              help="Real held-out dataset spec [default: the last --heldout-fraction of each class of --real].")
-@click.option("--heldout-fraction", type=float, default=0.2, show_default=True,
-              help="Share of each class of --real held out when --heldout is omitted.")
-@click.option("--checkpoint", "checkpoint_uri", default=None,
-              help="Checkpoint or run folder: samples the synthetic set when --synthetic is omitted.")
-@click.option("--synthetic", default=None, help="Generated set: parquet:URI, a folder URI with _manifest.json, "
-                                                 "or any dataset spec.")
-@click.option("--metrics", default=None, help="Comma list [default: all]: fid,kid,prdc,fid_per_class,fidelity,"
-                                               "diversity,memorisation,cas,gain.")
-@click.option("--ks", default="10,20", show_default=True, help="Real images per class in the augmentation-gain arms.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Classifier seeds for CAS and the gain arms.")
-@click.option("--feature", default="domain", show_default=True,
-              help="Feature space: domain | inception:PATH | torchscript:PATH.")
-@click.option("--cache-dir", default=None, help="Domain-classifier cache [default: $GANAUG_CACHE or ~/.cache/ganaug].")
-@click.option("--num", type=int, default=None, help="Images to sample from --checkpoint, balanced "
-                                                    "[default: as many as the real train part].")
-@click.option("--per-class", type=int, default=None, help="... or images per class.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampled row i uses seed SEED+i.")
-@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi for sampling.")
-@click.option("--run", "run_uri", default=None,
-              help="Training run (or its metrics.jsonl) for the curves figure [default: the checkpoint's run].")
-@click.option("--ray/--no-ray", "use_ray", default=None,
-              help="Force (or forbid) the Ray Data feature path [default: when the set has > --ray-threshold rows].")
-@click.option("--ray-threshold", type=int, default=20000, show_default=True)
-@click.option("--max-images", type=int, default=20000, show_default=True,
-              help="Synthetic rows loaded as images for image-level metrics on the Ray path.")
-@click.option("--workers", type=int, default=None, help="Feature actors on the Ray path [default: cluster CPUs - 1].")
-@click.option("--use-gpu", is_flag=True, help="Classifiers, sampling and feature actors on GPU.")
-@click.option("--gan-kshot", is_flag=True, help="Train a GAN per k on the k-shot subset for the gain arms.")
-@click.option("--gan-kshot-steps", type=int, default=None, help="Steps per k-shot GAN [default: the checkpoint's].")
-@click.option("--domain-epochs", type=int, default=15, show_default=True, help="Domain classifier epochs.")
-@click.option("--cas-epochs", type=int, default=15, show_default=True, help="CAS classifier epochs.")
-@click.option("--gain-steps", type=int, default=500, show_default=True, help="Optimiser steps per gain arm.")
-@click.option("--gan-per-class", type=int, default=100, show_default=True,
-              help="Synthetic images per class added to each gain arm.")
-@click.option("--skip-bad", is_flag=True, help="Skip (and count) unreadable images instead of failing.")
-@click.option("--threads", type=int, default=None,
-              help="torch threads on the driver [default: torch's]; 1 is fastest on small, busy machines.")
-def evaluate_cmd(out, real, heldout, heldout_fraction, checkpoint_uri, synthetic, metrics, ks, seeds, feature,
-                 cache_dir, num, per_class, seed, truncation, run_uri, use_ray, ray_threshold, max_images, workers,
-                 use_gpu, gan_kshot, gan_kshot_steps, domain_epochs, cas_epochs, gain_steps, gan_per_class,
-                 skip_bad, threads) -> None:
+@config_options(EvaluateConfig)
+def evaluate_cmd(**fields: Any) -> None:
     """Judge a generator or a generated set against real data: report.json, report.md, PNG figures."""
-    from ganaug.evaluation import EvaluateConfig, run_evaluate
+    from ganaug.evaluation import run_evaluate
 
-    cfg = EvaluateConfig(out=out, real=real, heldout=heldout, heldout_fraction=heldout_fraction,
-                         checkpoint=checkpoint_uri, synthetic=synthetic, metrics=metrics, ks=ks, seeds=seeds,
-                         feature=feature, cache_dir=cache_dir, num=num, per_class=per_class, seed=seed,
-                         truncation=truncation, run=run_uri, ray=use_ray, ray_threshold=ray_threshold,
-                         max_images=max_images, workers=workers, use_gpu=use_gpu, gan_kshot=gan_kshot,
-                         gan_kshot_steps=gan_kshot_steps, domain_epochs=domain_epochs, cas_epochs=cas_epochs,
-                         gain_steps=gain_steps, gan_per_class=gan_per_class, skip_bad=skip_bad,
-                         threads=threads)
-    emit_json(run_evaluate(cfg, echo=lambda line: click.echo(line, err=True)))
+    emit_json(run_evaluate(EvaluateConfig(**fields), echo=lambda line: click.echo(line, err=True)))
 
 
 def quiet_ray_defaults() -> None:

@@ -31,116 +31,12 @@ import numpy as np
 
 from ganaug import storage
 from ganaug.errors import UserError
+from ganaug.evaluation_config import EvaluateConfig, EvaluateError
+from ganaug.evaluation_config import check as _check
 
-DEFAULT_RAY_THRESHOLD = 20_000
-DEFAULT_MAX_IMAGES = 20_000
 _DATASET_SCHEMES = ("builtin:", "mnist:", "imagefolder:", "parquet:")
 
 Arrays = tuple[np.ndarray, np.ndarray]
-
-
-class EvaluateError(UserError):
-    pass
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise EvaluateError(msg)
-
-
-# ============================================================================= config
-
-
-@dataclass
-class EvaluateConfig:
-    """The arguments of `ganaug evaluate` (flags map 1:1)."""
-
-    out: str = ""
-    real: str = ""
-    heldout: str | None = None
-    heldout_fraction: float = 0.2
-    checkpoint: str | None = None
-    synthetic: str | None = None
-    metrics: str | None = None           # comma list; None / "all" = every registered metric
-    ks: str = "10,20"
-    seeds: int = 3
-    feature: str = "domain"
-    cache_dir: str | None = None
-    num: int | None = None               # rows to sample from --checkpoint (total, balanced)
-    per_class: int | None = None         # ... or per class
-    seed: int = 0
-    truncation: float = 1.0
-    run: str | None = None
-    ray: bool | None = None              # None = automatic (rows > ray_threshold)
-    ray_threshold: int = DEFAULT_RAY_THRESHOLD
-    max_images: int = DEFAULT_MAX_IMAGES
-    workers: int | None = None
-    use_gpu: bool = False
-    gan_kshot: bool = False
-    gan_kshot_steps: int | None = None
-    domain_epochs: int = 15
-    cas_epochs: int = 15
-    gain_steps: int = 500
-    gan_per_class: int = 100
-    skip_bad: bool = False
-    threads: int | None = None           # torch threads on the driver (None = torch's default)
-
-    def validate(self) -> EvaluateConfig:
-        _check(bool(self.out and self.out.strip()), "--out is required: a folder path or s3://bucket/prefix")
-        _check(bool(self.real and self.real.strip()), "--real is required: the real dataset spec (its train part), "
-                                                      "e.g. mnist:DIR[0:5000]")
-        _check(bool(self.checkpoint or self.synthetic), "give --checkpoint (to sample a synthetic set) "
-                                                        "and/or --synthetic (a generated set)")
-        _check(0.0 < self.heldout_fraction < 1.0, f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
-        _check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
-        _check(self.num is None or self.num >= 1, f"--num must be >= 1, got {self.num}")
-        _check(self.per_class is None or self.per_class >= 1, f"--per-class must be >= 1, got {self.per_class}")
-        _check(self.num is None or self.per_class is None, "give --num or --per-class, not both")
-        _check(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
-        _check(0.0 <= self.truncation <= 2.0, f"--truncation must be in [0, 2], got {self.truncation}")
-        _check(self.ray_threshold >= 1, f"--ray-threshold must be >= 1, got {self.ray_threshold}")
-        _check(self.max_images >= 1, f"--max-images must be >= 1, got {self.max_images}")
-        _check(self.workers is None or self.workers >= 1, f"--workers must be >= 1, got {self.workers}")
-        _check(self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}")
-        _check(self.gan_kshot_steps is None or self.gan_kshot_steps >= 1,
-               f"--gan-kshot-steps must be >= 1, got {self.gan_kshot_steps}")
-        for name in ("domain_epochs", "cas_epochs", "gain_steps", "gan_per_class"):
-            v = getattr(self, name)
-            _check(v >= 1, f"--{name.replace('_', '-')} must be >= 1, got {v}")
-        _check(not (self.gan_kshot and not self.checkpoint),
-               "--gan-kshot trains k-shot GANs with the checkpoint's config: give --checkpoint")
-        self.metric_list()
-        self.k_list()
-        self.feature_spec()
-        return self
-
-    def metric_list(self) -> list[str]:
-        from ganaug.metrics import METRICS
-
-        if self.metrics is None or self.metrics.strip().lower() in ("", "all"):
-            return list(METRICS)
-        names = [m.strip() for m in self.metrics.split(",") if m.strip()]
-        bad = [m for m in names if m not in METRICS]
-        _check(not bad, f"--metrics: unknown metric(s) {', '.join(bad)}; known: {', '.join(METRICS)}")
-        _check(bool(names), "--metrics: empty list")
-        return list(dict.fromkeys(names))
-
-    def k_list(self) -> list[int]:
-        try:
-            ks = [int(k) for k in str(self.ks).split(",") if k.strip()]
-        except ValueError:
-            raise EvaluateError(f"--ks {self.ks}: expected a comma list of integers, e.g. 10,20") from None
-        _check(bool(ks) and all(k >= 1 for k in ks), f"--ks {self.ks}: expected integers >= 1, e.g. 10,20")
-        return sorted(set(ks))
-
-    def feature_spec(self) -> str:
-        from ganaug.metrics.features import FEATURES
-
-        name, _, arg = self.feature.partition(":")
-        _check(name in FEATURES, f"--feature {self.feature}: unknown feature space; use domain, "
-                                 "inception:PATH or torchscript:PATH")
-        _check(name == "domain" or bool(arg), f"--feature {self.feature}: needs a local file, e.g. {name}:/path")
-        return self.feature
 
 
 # ============================================================================= real data
