@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -37,9 +36,10 @@ import numpy as np
 from ganaug import checkpoint, environment, shards, storage
 from ganaug.errors import UserError
 from ganaug.labels import PlanContext, count_labels, parse_plan
+from ganaug.testing import faults
 
 DEFAULT_ROWS_PER_SHARD = 1000
-DIE_AFTER_ENV = "GANAUG_TEST_DIE_AFTER_SHARDS"   # test hook: the driver exits hard after k shards
+DIE_AFTER_ENV = faults.DIE_AFTER_ENV  # kept here: the tests import it from this module
 _SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 
 
@@ -586,14 +586,11 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
         if reused and progress:
             sys.stderr.write(f"{what}: resuming, {reused} of {len(ranges)} shards already complete "
                              f"({by_record} checked by their records, {reused - by_record} downloaded)\n")
-        die_after = int(os.environ.get(DIE_AFTER_ENV, "0") or 0)
         items = [{"index": i, "start": a, "stop": b, **row_extra(a, b)} for i, a, b in missing]
         for made, info in enumerate(_run_pipeline(actor_cls, job, items, workers, use_gpu), start=1):
             results[info["index"]] = info
             bar.update(info["rows"])
-            if die_after and made >= die_after:  # test hook: simulate a crash mid-run
-                sys.stderr.flush()
-                os._exit(3)
+            faults.maybe_crash("generate.after_shard", shards=made)  # tests: a driver killed mid-run
     bar.close()
     pipeline_s = time.time() - t1
     files = [{"name": results[i]["file"], "rows": results[i]["rows"], "sha256": results[i]["sha256"],

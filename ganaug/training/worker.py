@@ -34,11 +34,7 @@ all workers' batches (DDP), so N workers take steps N times as large in images. 
 rates are NOT scaled automatically; keep them when adding workers for a GAN (Adam is fairly
 insensitive to batch size; GANs are sensitive to lr), or scale by hand and say so.
 
-Test-only fault injection (environment of the workers):
-  GANAUG_TEST_CRASH_AT_STEP=N   the crashing rank calls os._exit(1) right after step N
-  GANAUG_TEST_CRASH_RANK=r      which rank (default: 1, or 0 with a single worker)
-  GANAUG_TEST_CRASH_MARKER=path crash only while this local file does not exist (it is
-                                created just before the crash, so it crashes once)
+Test-only fault injection: the point "train.after_step" of ganaug/testing/faults.py.
 """
 
 from __future__ import annotations
@@ -62,17 +58,14 @@ from ganaug import environment, storage
 from ganaug.config import RunConfig, config_from_dict
 from ganaug.data.spec import absolute_spec
 from ganaug.errors import UserError
+from ganaug.testing import faults
 from ganaug.training import run_files
-
-CRASH_AT_STEP_ENV = "GANAUG_TEST_CRASH_AT_STEP"
-CRASH_RANK_ENV = "GANAUG_TEST_CRASH_RANK"
-CRASH_MARKER_ENV = "GANAUG_TEST_CRASH_MARKER"
 
 # Non-secret settings the workers need to reach the same storage as the driver. Credentials
 # are never put here: Train exports worker_runtime_env to its state API / dashboard. A
 # local Ray inherits the driver's environment; a cluster has its own credentials.
 _WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-               "AWS_EC2_METADATA_DISABLED", CRASH_AT_STEP_ENV, CRASH_RANK_ENV, CRASH_MARKER_ENV)
+               "AWS_EC2_METADATA_DISABLED", *faults.WORKER_ENV)
 
 # How often the Train controller polls workers for reports. Ray's default is 2 s, and a
 # worker blocks in ray.train.report until its previous report was collected, so this bounds
@@ -564,23 +557,6 @@ def _params_hash(module) -> str:
     return h.hexdigest()
 
 
-def _maybe_crash(step: int, rank: int, world_size: int) -> None:
-    """Test-only fault injection (see the module docstring)."""
-    at = os.environ.get(CRASH_AT_STEP_ENV)
-    if not at or int(at) != step:
-        return
-    which = int(os.environ.get(CRASH_RANK_ENV, "1" if world_size > 1 else "0"))
-    if rank != which:
-        return
-    marker = os.environ.get(CRASH_MARKER_ENV)
-    if marker:
-        if os.path.exists(marker):
-            return
-        with open(marker, "w") as f:
-            f.write(f"crashed rank {rank} at step {step}\n")
-    os._exit(1)
-
-
 def _grid_png(trainer, meta: dict, inputs) -> bytes:
     """The checkpoint's fixed-seed sample grid, from a CPU copy of G_ema (the Sampler switches
     deterministic algorithms on for CUDA, which must not leak into training)."""
@@ -746,12 +722,12 @@ def train_loop_per_worker(config: dict) -> None:
         send(pending or {"step": step, "images_seen": trainer.images_seen}, uri)
         pending = None
 
-    if os.environ.get(CRASH_AT_STEP_ENV):
+    if faults.armed("train.after_step"):
         plain_step = trainer.train_step
 
         def step_with_fault():
             out = plain_step()
-            _maybe_crash(trainer.step, rank, world)
+            faults.maybe_crash("train.after_step", step=trainer.step, rank=rank, world_size=world)
             return out
 
         trainer.train_step = step_with_fault
