@@ -17,10 +17,12 @@ Randomness: the global torch RNG on the input's device. The training loop seeds 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ganaug.choices import AUGMENT_POLICIES
 
 # ----------------------------------------------------------------------------- ops
 # Each op: (x [N, C, H, W] in [-1, 1], mask [N] bool of the samples to augment, groups) -> x'.
@@ -86,18 +88,16 @@ def cutout(x: torch.Tensor, mask: torch.Tensor, groups=None, ratio: float = 0.5)
     return x * keep[:, None].to(x.dtype)
 
 
-POLICIES: dict[str, list[Callable[..., torch.Tensor]]] = {
-    "color": [brightness, saturation, contrast],
-    "translation": [translation],
-    "cutout": [cutout],
-}
+# The policy names live in ganaug/choices.py (torch-free, so config.py can check them).
+COLOR_OPS = (brightness, saturation, contrast)
+TRANSLATION_OPS = (translation,)
+CUTOUT_OPS = (cutout,)
+POLICIES = AUGMENT_POLICIES
 
 
 def parse_policies(policies: str | Sequence[str]) -> list[str]:
     names = [p.strip() for p in (policies.split(",") if isinstance(policies, str) else policies) if p.strip()]
-    for p in names:
-        if p not in POLICIES:
-            raise ValueError(f"unknown augmentation policy {p!r}; choose from {', '.join(POLICIES)}")
+    POLICIES.check(names)
     return names
 
 
@@ -130,7 +130,7 @@ class AugmentPipe:
         if groups is not None and sum(groups) != x.shape[1]:
             raise ValueError(f"channel groups {list(groups)} do not sum to {x.shape[1]} channels")
         for name in self.policies:
-            for op in POLICIES[name]:
+            for op in POLICIES.get(name):
                 mask = torch.rand(x.shape[0], device=x.device) < self.p
                 x = op(x, mask, groups)
         return x

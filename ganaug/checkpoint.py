@@ -28,6 +28,7 @@ from safetensors.torch import save as st_save
 
 from ganaug import __version__, storage
 from ganaug.errors import UserError
+from ganaug.registry import UnknownNameError
 
 MARKER = "model.json"
 WEIGHT_FILES = ("generator_ema", "generator", "discriminator")
@@ -202,8 +203,8 @@ def build_generator(uri: str, which: str = "generator_ema") -> tuple[nn.Module, 
     meta = load_meta(uri)
     try:
         family = get_family(meta["family"])
-    except KeyError as e:
-        raise CheckpointError(f"checkpoint {uri}: {e.args[0]}") from None
+    except UnknownNameError as e:
+        raise CheckpointError(f"checkpoint {uri}: {e}") from None
     G = family.build_generator(meta["generator_kwargs"])
     state = load_weights(uri, which, meta)
     try:

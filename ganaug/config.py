@@ -3,6 +3,11 @@
 The four sections `model`, `data`, `training`, `storage` are the contract of ARCHITECTURE.md §3.
 Unknown keys are errors with a "did you mean" suggestion; values are type-checked and
 range-checked; `--set a.b=c` overrides are coerced to the field's type.
+
+Names (family, loss, augment policies, source transform) are checked against their registries'
+torch-free declarations (ganaug/families.py, ganaug/choices.py), and each family's declared
+model keys decide which `model.*` keys may differ from their defaults. So importing and
+validating a config never imports torch or a model.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from typing import Any
 
 import yaml
 
+from ganaug.choices import AUGMENT_POLICIES, LOSSES, SOURCE_TRANSFORMS
 from ganaug.errors import UserError
+from ganaug.families import FAMILIES
+from ganaug.registry import Registry
 
 
 class ConfigError(UserError):
@@ -27,6 +35,12 @@ class ConfigError(UserError):
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
+
+
+def _check_name(registry: Registry, value: Any, key: str) -> None:
+    """A registered name, else the registry's uniform message, naming the config key."""
+    if value not in registry:
+        raise ConfigError(registry.unknown_message(value, f"config key '{key}'"))
 
 
 def _power_of_two(n: int) -> bool:
@@ -45,7 +59,8 @@ ABSENT_MEANS = {
 
 @dataclass
 class ModelConfig:
-    """Architecture settings. Each family reads the fields it needs (see ganaug/models/)."""
+    """Architecture settings: every family's keys in one typed container. A family reads the
+    keys its FamilyConfig declares (ganaug/families.py); the others must keep their defaults."""
 
     family: str = "cgan"
     z_dim: int = 128            # latent size (noise families)
@@ -69,17 +84,10 @@ class ModelConfig:
     identity_weight: float = 0.5  # cyclegan: identity weight, relative to cycle
     pool_size: int = 50         # cyclegan: fake-image history per discriminator (0 = off), as the reference
 
-    def validate(self, prefix: str = "model") -> None:
-        from ganaug.models.registry import family_names
-
-        names = family_names()
-        if self.family not in names:
-            close = difflib.get_close_matches(self.family, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"config key '{prefix}.family': unknown family {self.family!r}{hint}; "
-                f"registered: {', '.join(names)}"
-            )
+    def validate(self, prefix: str = "model", defaults: dict[str, Any] | None = None) -> None:
+        """`defaults`: the family's resolved "model.<key>" values (RunConfig.resolve_defaults)."""
+        _check_name(FAMILIES, self.family, f"{prefix}.family")
+        self._check_family_keys(prefix, defaults or {})
         for k in ("z_dim", "width", "max_width", "w_dim", "embed_dim"):
             v = getattr(self, k)
             _check(1 <= v <= 4096, f"{prefix}.{k}", v, "an integer in [1, 4096]")
@@ -91,6 +99,18 @@ class ModelConfig:
         for k in ("aux_classifier", "mode_seeking", "l1_weight", "cycle_weight", "identity_weight"):
             v = getattr(self, k)
             _check(v is None or v >= 0, f"{prefix}.{k}", v, "a number >= 0")
+
+    def _check_family_keys(self, prefix: str, defaults: dict[str, Any]) -> None:
+        """A key the family does not read must hold its default: the field's, or the family's
+        resolved one (a run's config.yaml writes every key, so those must load again)."""
+        family = FAMILIES.get(self.family)
+        for f in dataclasses.fields(self):
+            if f.name == "family" or f.name in family.keys:
+                continue
+            value = getattr(self, f.name)
+            if value != defaults.get(f"model.{f.name}", f.default):
+                raise ConfigError(f"config key '{prefix}.{f.name}' does not apply to family '{self.family}' "
+                                  f"(got {value!r}); its keys: family, {', '.join(family.keys)}")
 
 
 @dataclass
@@ -109,9 +129,7 @@ class DataConfig:
         _check(_power_of_two(self.resolution) and 16 <= self.resolution <= 256,
                f"{prefix}.resolution", self.resolution, "a power of two in [16, 256]")
         _check(self.channels in (1, 3), f"{prefix}.channels", self.channels, "1 or 3")
-        transforms = ("invert", "edges", "blur", "grayscale", "none")
-        _check(self.source_transform in transforms,
-               f"{prefix}.source_transform", self.source_transform, f"one of {', '.join(transforms)}")
+        _check_name(SOURCE_TRANSFORMS, self.source_transform, f"{prefix}.source_transform")
 
 
 @dataclass
@@ -170,8 +188,7 @@ class TrainingConfig:
         _check(self.max_failures >= 0, f"{prefix}.max_failures", self.max_failures, "an integer >= 0")
         _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{prefix}.threads_per_worker", self.threads_per_worker, "an integer >= 0")
-        _check(self.loss in ("ns", "hinge", "lsgan", "wgan-gp"), f"{prefix}.loss", self.loss,
-               "one of ns, hinge, lsgan, wgan-gp")
+        _check_name(LOSSES, self.loss, f"{prefix}.loss")
         for k in ("lr_g", "lr_d"):
             v = getattr(self, k)
             _check(0 < v < 1, f"{prefix}.{k}", v, "a learning rate in (0, 1)")
@@ -182,10 +199,9 @@ class TrainingConfig:
         for k in ("r1_gamma", "pl_weight", "gp_weight", "ada_kimg", "max_minutes"):
             v = getattr(self, k)
             _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
-        policies = [p for p in self.augment.split(",") if p.strip()]
-        for p in policies:
-            _check(p.strip() in ("color", "translation", "cutout"), f"{prefix}.augment", self.augment,
-                   "a comma list of color, translation, cutout (or empty)")
+        for p in self.augment.split(","):  # a comma list of policies, or empty
+            if p.strip():
+                _check_name(AUGMENT_POLICIES, p.strip(), f"{prefix}.augment")
 
 
 @dataclass
@@ -207,23 +223,24 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         self.resolve_defaults()
-        self.model.validate()
+        self.model.validate(defaults=self.family_defaults())
         self.data.validate()
         self.training.validate()
         self.storage.validate()
         return self
+
+    def family_defaults(self) -> dict[str, Any]:
+        """The family's reference values ("section.key" -> value); {} for an unknown family."""
+        if self.model.family not in FAMILIES:
+            return {}
+        return FAMILIES.get(self.model.family).defaults(self.model, self.data, self.training)
 
     def resolve_defaults(self) -> "RunConfig":
         """Fill every unset (None) model/training key with the family's reference value.
 
         An unknown family is left for ModelConfig.validate() to report.
         """
-        from ganaug.models.registry import family_names, get_family
-
-        if self.model.family not in family_names():
-            return self
-        defaults = get_family(self.model.family).defaults(self.model, self.data, self.training)
-        for key, value in defaults.items():
+        for key, value in self.family_defaults().items():
             section, name = key.split(".", 1)
             target = getattr(self, section)
             if getattr(target, name) is None:

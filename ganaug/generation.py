@@ -36,6 +36,7 @@ import numpy as np
 from ganaug import checkpoint, environment, shards, storage
 from ganaug.errors import UserError
 from ganaug.labels import PlanContext, count_labels, parse_plan
+from ganaug.registry import Registry
 from ganaug.testing import faults
 
 DEFAULT_ROWS_PER_SHARD = 1000
@@ -82,14 +83,8 @@ class FilterEntry:
     check: Callable[..., None] | None = None        # check(arg[, meta, checkpoint_uri]) on the driver
 
 
-FILTERS: dict[str, FilterEntry] = {}
 FILTER_PLUGINS = ("ganaug.metrics.filters",)
 MAX_FILTER_TRIES = 8
-
-
-def register_filter(name: str, build: Callable[[str, Any], ImageFilter],
-                    check: Callable[..., None] | None = None) -> None:
-    FILTERS[name] = FilterEntry(name, build, check)
 
 
 def _load_filter_plugins() -> None:
@@ -103,15 +98,19 @@ def _load_filter_plugins() -> None:
                 raise
 
 
+FILTERS: Registry[FilterEntry] = Registry("filter", loader=_load_filter_plugins)
+
+
+def register_filter(name: str, build: Callable[[str, Any], ImageFilter],
+                    check: Callable[..., None] | None = None) -> None:
+    FILTERS.register(name, FilterEntry(name, build, check))
+
+
 def parse_filter(spec: str | None, *context: Any) -> tuple[FilterEntry, str] | None:
     if not spec:
         return None
-    _load_filter_plugins()
     name, _, arg = spec.partition(":")
-    entry = FILTERS.get(name.strip())
-    if entry is None:
-        known = ", ".join(sorted(FILTERS)) or "none are registered yet"
-        raise GenerationError(f"--filter {spec}: unknown filter {name.strip()!r} (known: {known})")
+    entry = FILTERS.get(name.strip(), f"--filter {spec}")
     if entry.check is not None:
         entry.check(arg, *context)
     return entry, arg

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ganaug.errors import UserError
+from ganaug.registry import Registry
 
 
 class LabelPlanError(UserError):
@@ -60,21 +61,17 @@ def count_labels(labels: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-_PARSERS: dict[str, Callable[[str, PlanContext], np.ndarray | tuple[np.ndarray, dict]]] = {}
+PlanParser = Callable[[str, PlanContext], np.ndarray | tuple[np.ndarray, dict]]
+PLANS: Registry[PlanParser] = Registry("label plan")
 
 
-def plan_parser(name: str):
+def plan_parser(name: str) -> Callable[[PlanParser], PlanParser]:
     """Register `fn(argument, ctx) -> labels array (or (array, info))` for specs 'name:argument'."""
-
-    def deco(fn):
-        _PARSERS[name] = fn
-        return fn
-
-    return deco
+    return PLANS.register(name)
 
 
 def plan_names() -> list[str]:
-    return sorted(_PARSERS)
+    return sorted(PLANS.names())
 
 
 def _need_num(ctx: PlanContext, what: str) -> int:
@@ -222,11 +219,9 @@ def parse_plan(spec: str | None, ctx: PlanContext) -> LabelPlan:
     else:
         name, _, arg = text.partition(":")
         name = name.strip().lower()
-    if name not in _PARSERS:
-        raise LabelPlanError(f"--labels {text}: unknown plan {name!r}; use one of uniform, 0,3,7, "
-                             "counts:0=500,3=200, balance:DATASET")
+    parser = PLANS.get(name, f"--labels {text}")  # e.g. uniform, 0,3,7, counts:0=500,3=200, balance:DIR
     if ctx.num_classes == 0 and name != "uniform":
         raise LabelPlanError(f"--labels {text}: the model is unconditional; omit --labels (or use uniform)")
-    result = _PARSERS[name](arg, ctx)
+    result = parser(arg, ctx)
     labels, info = result if isinstance(result, tuple) else (result, {})
     return LabelPlan(spec=text, labels_array=np.ascontiguousarray(labels, dtype=np.int64), info=info)

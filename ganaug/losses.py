@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ganaug.choices import LOSSES
+
 PHASES = ("D", "Dreg", "G", "Greg")
 
 
@@ -74,19 +76,12 @@ class Wasserstein(AdversarialLoss):
         return -fake_logits.mean()
 
 
-ADVERSARIAL_LOSSES: dict[str, Callable[[], AdversarialLoss]] = {
-    "ns": NonSaturating,
-    "hinge": Hinge,
-    "lsgan": LeastSquares,
-    "wgan-gp": Wasserstein,
-}
+# The names live in ganaug/choices.py (torch-free, so config.py can check them).
+ADVERSARIAL_LOSSES = LOSSES
 
 
 def make_adversarial_loss(name: str) -> AdversarialLoss:
-    try:
-        return ADVERSARIAL_LOSSES[name]()
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(ADVERSARIAL_LOSSES)}") from None
+    return LOSSES.get(name)()
 
 
 def _per_sample(logits: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from ganaug.labels import (
     parse_plan,
 )
 from ganaug.models.registry import DataInfo, get_family
+from ganaug.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 N, R = 2000, 500
@@ -118,12 +119,13 @@ def test_label_plans():
         ("0,12", 5, 10, "unknown label 12"),
         ("counts:0=5,1=-2", None, 10, "negative count -2"),
         ("counts:0=5,1=2", 9, 10, "does not match"),
-        ("zipf:3", 5, 10, "unknown plan"),
         ("0,1", 5, 0, "unconditional"),
         ("uniform", None, 10, "needs --num"),
     ]:
         with pytest.raises(LabelPlanError, match=match):
             parse_plan(spec, PlanContext(num=num, num_classes=classes))
+    with pytest.raises(UnknownNameError, match=r"--labels zipf:3: unknown label plan 'zipf'; choose from uniform"):
+        parse_plan("zipf:3", PlanContext(num=5, num_classes=10))
 
 
 def test_encoders_and_table_bytes_are_deterministic():
@@ -164,7 +166,7 @@ def test_filter_hook_overgenerates_deterministically(ckpts, monkeypatch):
             return images.reshape(len(images), -1).mean(1) > 240.0  # about half of this model's images
 
     generation._load_filter_plugins()  # plugins register into the real registry, not the copy
-    monkeypatch.setattr(generation, "FILTERS", dict(generation.FILTERS))
+    monkeypatch.setattr(generation, "FILTERS", generation.FILTERS.copy())
     generation.register_filter("bright", build=lambda arg, sampler: Bright())
     entry, arg = generation.parse_filter("bright:1")
     sampler = Sampler.from_checkpoint(ckpts["cgan"], device="cpu")

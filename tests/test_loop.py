@@ -12,6 +12,7 @@ import torch
 
 from ganaug.augment import AugmentPipe
 from ganaug.config import RunConfig
+from ganaug.families import FAMILIES as FAMILY_CONFIGS
 from ganaug.training import GANTrainer, IndexStream, make_batch_source
 from ganaug.training.pairs import SOURCE_TRANSFORMS, source_transform
 
@@ -21,7 +22,10 @@ torch.set_num_threads(1)
 def tiny_cfg(family: str = "cgan", **training) -> RunConfig:
     cfg = RunConfig()
     cfg.model.family = family
-    cfg.model.width, cfg.model.max_width, cfg.model.z_dim, cfg.model.embed_dim = 8, 32, 16, 8
+    cfg.model.width, cfg.model.max_width = 8, 32
+    for key, value in (("z_dim", 16), ("embed_dim", 8)):
+        if key in FAMILY_CONFIGS.get(family).keys:  # a key of another family is an error
+            setattr(cfg.model, key, value)
     cfg.data.resolution, cfg.data.channels = 16, 1
     cfg.training.batch_size = 8
     for k, v in training.items():
@@ -459,6 +463,8 @@ def test_every_family_trains_at_64px_rgb_from_its_preset(family):
     tiny = ["model.width=4", "model.max_width=16", "model.z_dim=8", "model.w_dim=8", "model.embed_dim=4",
             "model.res_blocks=1", "model.pool_size=4", "training.batch_size=4", "training.r1_every=2",
             "training.pl_every=2", "training.augment=color,translation", "training.ada_p=0.2"]
+    keys = FAMILY_CONFIGS.get(family).keys  # a key of another family is an error
+    tiny = [o for o in tiny if not o.startswith("model.") or o.split("=")[0][len("model."):] in keys]
     cfg = load_config(os.path.join(PRESETS, f"{family}-64.yaml"), tiny)
     assert (cfg.data.resolution, cfg.data.channels) == (64, 3)
     if family == "stylegan2":

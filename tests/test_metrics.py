@@ -58,6 +58,7 @@ from ganaug.metrics.features import (
     InceptionFeatures,
     domain_fingerprint,
 )
+from ganaug.registry import UnknownNameError
 
 torch.set_num_threads(1)  # the machine is shared; more threads only add contention
 
@@ -179,7 +180,7 @@ def test_torchscript_extractor_and_batched_extraction(tmp_path, digits):
     np.testing.assert_allclose(streamed, out, rtol=1e-5, atol=1e-6)
     mapped = FeatureMapper(lambda: ext)({"image": images[:5], "label": np.zeros(5)})
     np.testing.assert_allclose(mapped["features"], out[:5], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown feature"):
+    with pytest.raises(UnknownNameError, match="unknown feature extractor 'clip'; choose from domain"):
         build_extractor("clip")
     with pytest.raises(ValueError, match="weights path"):
         build_extractor("inception")
@@ -347,7 +348,7 @@ def test_evaluate_end_to_end_writes_report(tmp_path, digits, domain, cache_dir):
 
 def test_evaluate_rejects_bad_input(digits):
     x, y = digits["train"]
-    with pytest.raises(EvaluationInputError, match="unknown metric"):
+    with pytest.raises(UnknownNameError, match="unknown metric 'isc'; choose from fid, kid"):
         evaluate_arrays(digits["train"], digits["heldout"], digits["extra"], NAMES, ["fid", "isc"])
     with pytest.raises(EvaluationInputError, match="uint8"):
         evaluate_arrays(digits["train"], digits["heldout"], (x.astype(np.float32), y), NAMES, ["fid"])

@@ -32,6 +32,7 @@ from ganaug.metrics.classifier import (
     to_tensor,
     train_classifier,
 )
+from ganaug.registry import Registry
 
 # Bump when the architecture or training recipe changes: old caches must not match.
 DOMAIN_FORMAT_VERSION = 1
@@ -265,15 +266,11 @@ class TorchScriptFeatures(FeatureExtractor):
 # ---------------------------------------------------------------------------- registry
 
 # name -> factory(arg, **context). The context carries what `domain` needs to train.
-FEATURES: dict[str, Callable[..., FeatureExtractor]] = {}
+FEATURES: Registry[Callable[..., FeatureExtractor]] = Registry("feature extractor")
 
 
-def register_feature(name: str):
-    def deco(fn: Callable[..., FeatureExtractor]):
-        FEATURES[name] = fn
-        return fn
-
-    return deco
+def register_feature(name: str) -> Callable[[Callable[..., FeatureExtractor]], Callable[..., FeatureExtractor]]:
+    return FEATURES.register(name)
 
 
 @register_feature("domain")
@@ -303,9 +300,7 @@ def _make_torchscript(arg: str | None, *, device="cpu", **_) -> TorchScriptFeatu
 def build_extractor(spec: str, **context) -> FeatureExtractor:
     """``"name"`` or ``"name:ARG"`` -> extractor. Context: real_train, num_classes, cache_dir, device."""
     name, _, arg = spec.partition(":")
-    if name not in FEATURES:
-        raise ValueError(f"unknown feature extractor {name!r}; known: {sorted(FEATURES)}")
-    return FEATURES[name](arg or None, **context)
+    return FEATURES.get(name)(arg or None, **context)
 
 
 def extract_features_batched(extractor: Callable[[np.ndarray], np.ndarray], batches: Iterable[np.ndarray]) -> np.ndarray:

@@ -1,6 +1,5 @@
-"""Model families. Importing this package registers every built-in family (@register).
-
-One self-contained module per family; add a new one to the import list below.
+"""Model families: one self-contained module per family, named by its FamilyConfig in
+ganaug/families.py (which also declares its config keys); `get_family` imports it on use.
 """
 
 from ganaug.models import cgan, cyclegan, dcgan, pix2pix, stylegan2  # noqa: F401

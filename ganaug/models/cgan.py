@@ -212,11 +212,6 @@ class CGAN(GANFamily):
     loss_cls = CGANLoss
 
     @classmethod
-    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
-        # Conditioning alone let small classes collapse on MNIST; MSGAN's term fixed it.
-        return {**super().defaults(model, data, training), "model.mode_seeking": 1.0}
-
-    @classmethod
     def _classes(cls, data: DataInfo) -> int:
         if data.num_classes < 1:
             raise UserError("model.family 'cgan' needs a labelled dataset (found no classes); "

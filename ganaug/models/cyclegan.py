@@ -297,10 +297,6 @@ class CycleGAN(TranslationFamily):
     loss_cls = CycleGANLoss
 
     @classmethod
-    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
-        return {**super().defaults(model, data, training), "training.loss": "lsgan"}
-
-    @classmethod
     def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
         return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
                 "width": model.width, "max_width": model.max_width, "res_blocks": model.res_blocks,

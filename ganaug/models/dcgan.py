@@ -93,12 +93,6 @@ class DCGAN(GANFamily):
     loss_cls = DCGANLoss
 
     @classmethod
-    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
-        # Unconditional: MSGAN's term targets collapse within a condition (all of its experiments
-        # are conditional); here D and the whole latent space carry the diversity, so it is off.
-        return {**super().defaults(model, data, training), "model.mode_seeking": 0.0}
-
-    @classmethod
     def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
         return {"z_dim": model.z_dim, "resolution": data.resolution, "channels": data.channels,
                 "width": model.width, "max_width": model.max_width}

@@ -217,10 +217,6 @@ class Pix2Pix(TranslationFamily):
     loss_cls = Pix2PixLoss
 
     @classmethod
-    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
-        return {**super().defaults(model, data, training), "training.loss": "ns"}  # the reference's "vanilla"
-
-    @classmethod
     def generator_kwargs(cls, model, data: DataInfo) -> dict[str, Any]:
         return {"resolution": data.resolution, "in_channels": data.channels, "out_channels": data.channels,
                 "width": model.width, "max_width": model.max_width, "norm": "instance", "dropout": 0.5}

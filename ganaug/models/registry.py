@@ -1,4 +1,7 @@
-"""Family registry: a name -> GANFamily mapping, so callers never branch on family names.
+"""Family lookup: a name -> GANFamily class, so callers never branch on family names.
+
+The names, model keys and defaults of the families live torch-free in ganaug/families.py
+(FAMILIES); `get_family` imports the class a FamilyConfig names.
 
 A family bundles a generator class, a discriminator class and a loss class. Every family has
 exactly one generator module and one discriminator module (CycleGAN keeps both directions
@@ -11,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch.nn as nn
+
+from ganaug.families import FAMILIES
 
 if TYPE_CHECKING:
     from ganaug.config import ModelConfig, TrainingConfig
@@ -43,24 +48,10 @@ class GANFamily:
     loss_cls: ClassVar[type]
 
     # ------------------------------------------------------------------ defaults
-    # A config key left unset (None) means "this family's reference value". `defaults` maps
-    # "section.key" -> value; RunConfig.validate() fills the unset keys from it, so the saved run
-    # config holds the resolved values. A preset (any value that is set) always wins.
     @classmethod
     def defaults(cls, model: "ModelConfig", data: Any = None, training: Any = None) -> dict[str, Any]:
-        """Generic values (the SNGAN/BigGAN-style noise setup ganaug used before per-family defaults)."""
-        return {
-            "model.spectral_norm": True,
-            "model.mode_seeking": 0.0,
-            "training.loss": "hinge",
-            "training.lr_g": 2e-4,
-            "training.lr_d": 2e-4,
-            "training.beta1": 0.0,
-            "training.beta2": 0.99,
-            "training.r1_gamma": 0.0,
-            "training.lr_decay": "none",
-            "training.pl_weight": 0.0,
-        }
+        """"section.key" -> this family's reference value (declared in ganaug/families.py)."""
+        return FAMILIES.get(cls.name).defaults(model, data, training)
 
     @classmethod
     def model_value(cls, model: "ModelConfig", key: str) -> Any:
@@ -97,19 +88,10 @@ class TranslationFamily(GANFamily):
     Their discriminators are PatchGANs built from the same keyword arguments: InstanceNorm,
     or no norm when spectral norm is on.
 
-    Defaults follow junyanz/pytorch-CycleGAN-and-pix2pix: no spectral norm (so InstanceNorm in
-    D; the reference's pix2pix BatchNorm at its batch size of 1 is the same per-sample
-    normalisation), Adam lr 2e-4 with betas (0.5, 0.999), the lr constant for the first half
-    of the steps then decaying linearly to 0 (its n_epochs + n_epochs_decay schedule), no R1.
+    Their defaults follow junyanz/pytorch-CycleGAN-and-pix2pix (families.translation_defaults).
     """
 
     kind = "translation"
-
-    @classmethod
-    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
-        return {**super().defaults(model, data, training),
-                "model.spectral_norm": False, "model.mode_seeking": 0.0,
-                "training.beta1": 0.5, "training.beta2": 0.999, "training.lr_decay": "linear"}
 
     @classmethod
     def discriminator_kwargs(cls, model: ModelConfig, data: DataInfo) -> dict[str, Any]:
@@ -119,30 +101,20 @@ class TranslationFamily(GANFamily):
                 "norm": "none" if sn else "instance", "spectral_norm": sn}
 
 
-_REGISTRY: dict[str, type[GANFamily]] = {}
-
-
 def register(family: type[GANFamily]) -> type[GANFamily]:
-    """Class decorator: make a family available by its `name`."""
-    if family.name in _REGISTRY and _REGISTRY[family.name] is not family:
-        raise ValueError(f"GAN family {family.name!r} registered twice")
-    _REGISTRY[family.name] = family
+    """Class decorator: check that `family` is the class its FamilyConfig names (a typo in
+    ganaug/families.py then fails when the module is imported, not on first use)."""
+    impl = FAMILIES.get(family.name, f"@register {family.__qualname__} (declare it in ganaug/families.py)").impl
+    if impl != f"{family.__module__}:{family.__qualname__}":
+        raise ValueError(f"GAN family {family.name!r}: ganaug/families.py names {impl!r}, "
+                         f"not {family.__module__}:{family.__qualname__}")
     return family
 
 
-def _load_builtin_families() -> None:
-    # Importing the modules runs their @register decorators.
-    import ganaug.models  # noqa: F401
-
-
 def get_family(name: str) -> type[GANFamily]:
-    _load_builtin_families()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown GAN family {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    """The family's class; an unknown name is registry.UnknownNameError."""
+    return FAMILIES.get(name).load()
 
 
 def family_names() -> list[str]:
-    _load_builtin_families()
-    return sorted(_REGISTRY)
+    return sorted(FAMILIES.names())

@@ -523,23 +523,6 @@ class StyleGAN2Family(GANFamily):
     loss_cls = StyleGAN2Loss
 
     @classmethod
-    def defaults(cls, model, data=None, training=None) -> dict[str, Any]:
-        """stylegan2-ada-pytorch's `auto` config: lr 0.0025 (equalised lr), betas (0, 0.99), ns
-        loss, R1 gamma = 0.0002 * res**2 / batch (per-worker batch here: lr and gamma are not
-        rescaled with the worker count). Path-length regularisation (weight 2) only from 64 px:
-        the reference's low-resolution (cifar) config turns it off. Mode seeking follows
-        conditioning, as for the other noise families."""
-        out = {**super().defaults(model, data, training),
-               "model.mode_seeking": 1.0 if model.conditional else 0.0,
-               "training.loss": "ns", "training.lr_g": 0.0025, "training.lr_d": 0.0025,
-               "training.beta1": 0.0, "training.beta2": 0.99}
-        if data is not None and training is not None:
-            out["training.r1_gamma"] = round(0.0002 * data.resolution ** 2 / training.batch_size, 8)
-        if data is not None:
-            out["training.pl_weight"] = 2.0 if data.resolution >= 64 else 0.0
-        return out
-
-    @classmethod
     def _num_classes(cls, model, data: DataInfo) -> int:
         return int(data.num_classes) if model.conditional else 0
 

@@ -56,6 +56,7 @@ from ganaug.errors import UserError
 from ganaug.losses import LossContext, make_adversarial_loss, set_requires_grad, unwrap
 from ganaug.models.layers import mbstd_group_for
 from ganaug.models.registry import DataInfo, GANFamily, get_family
+from ganaug.registry import Registry
 from ganaug.training.pairs import source_transform
 
 STATE_FORMAT = 1
@@ -155,14 +156,11 @@ class BatchSource:
         raise NotImplementedError
 
 
-BATCH_SOURCES: dict[str, type[BatchSource]] = {}
+BATCH_SOURCES: Registry[type[BatchSource]] = Registry("batch source kind")
 
 
 def register_batch_source(kind: str) -> Callable[[type[BatchSource]], type[BatchSource]]:
-    def deco(cls: type[BatchSource]) -> type[BatchSource]:
-        BATCH_SOURCES[kind] = cls
-        return cls
-    return deco
+    return BATCH_SOURCES.register(kind)
 
 
 @register_batch_source("noise")
@@ -236,11 +234,7 @@ def make_batch_source(family: type[GANFamily], cfg: RunConfig, images: np.ndarra
                       rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
                       channels_last: bool = False, source_images: np.ndarray | None = None) -> BatchSource:
     """The batch source registered for the family's kind ("noise" | "translation" | ...)."""
-    try:
-        cls = BATCH_SOURCES[family.kind]
-    except KeyError:
-        raise ValueError(f"no batch source for family kind {family.kind!r}; "
-                         f"registered: {', '.join(BATCH_SOURCES)}") from None
+    cls = BATCH_SOURCES.get(family.kind)
     return cls(family=family, cfg=cfg, images=images, labels=labels, rank=rank, world_size=world_size,
                device=torch.device(device), channels_last=channels_last, source_images=source_images)
 

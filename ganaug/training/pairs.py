@@ -15,11 +15,12 @@ translation batch source, and by `translate` tooling that wants the same A domai
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The transform names live in ganaug/choices.py (torch-free, so config.py can check them).
+from ganaug.choices import SOURCE_TRANSFORMS
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
@@ -90,21 +91,9 @@ def identity(images: np.ndarray) -> np.ndarray:
     return images.copy()
 
 
-SOURCE_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "invert": invert,
-    "edges": edges,
-    "blur": blur,
-    "grayscale": grayscale,
-    "none": identity,
-}
-
-
 def source_transform(name: str, images: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
     """Apply the named transform to uint8 NHWC images (in chunks, to bound memory)."""
-    try:
-        fn = SOURCE_TRANSFORMS[name]
-    except KeyError:
-        raise ValueError(f"unknown source transform {name!r}; choose from {', '.join(SOURCE_TRANSFORMS)}") from None
+    fn = SOURCE_TRANSFORMS.get(name)
     if len(images) == 0:
         return images.copy()
     return np.concatenate([fn(images[i:i + chunk]) for i in range(0, len(images), chunk)])
