@@ -58,6 +58,7 @@ from ganaug.metrics.features import (
     build_extractor,
     extract_features_batched,
 )
+from ganaug.registry import Registry
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -159,15 +160,11 @@ class EvalContext:
 # ---------------------------------------------------------------------------- registry
 
 MetricFn = Callable[[EvalContext], Any]
-METRICS: dict[str, MetricFn] = {}
+METRICS: Registry[MetricFn] = Registry("metric")
 
 
 def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
-    def deco(fn: MetricFn) -> MetricFn:
-        METRICS[name] = fn
-        return fn
-
-    return deco
+    return METRICS.register(name)
 
 
 @dataclass
@@ -335,9 +332,7 @@ def evaluate_arrays(
     from ganaug.metrics.report import to_jsonable, verdicts, write_report
 
     metrics = list(metrics) if metrics is not None else ALL_METRICS
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise EvaluationInputError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    METRICS.check(metrics)
     class_names = [str(c) for c in class_names]
     labels = lambda a: (a[0], np.asarray(a[1], dtype=np.int64))
     real_train, real_heldout, synthetic = labels(real_train), labels(real_heldout), labels(synthetic)
@@ -374,7 +369,7 @@ def evaluate_arrays(
     results, timing = {}, {}
     for name in metrics:
         t0 = time.perf_counter()
-        results[name] = to_jsonable(METRICS[name](ctx))
+        results[name] = to_jsonable(METRICS.get(name)(ctx))
         timing[name] = round(time.perf_counter() - t0, 3)
     n_syn = len(synthetic_features[1]) if synthetic_features is not None else len(synthetic[0])
     settings = {**to_jsonable(vars(o)), "metrics": metrics, "n_train": len(real_train[0]),

@@ -1,0 +1,30 @@
+"""Registries of the plain choices a run config names, declared without importing torch.
+
+config.py checks `training.loss`, `training.augment` and `data.source_transform` against these
+names; the objects behind them need torch, so each entry is lazy ('module:attr', imported on
+the first `get`). Add a choice here and define it in the module named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ganaug.registry import Registry
+
+# name -> AdversarialLoss class (ganaug/losses.py)
+LOSSES: Registry[Callable[[], Any]] = Registry("loss")
+for _name, _cls in (("ns", "NonSaturating"), ("hinge", "Hinge"), ("lsgan", "LeastSquares"),
+                    ("wgan-gp", "Wasserstein")):
+    LOSSES.register_lazy(_name, f"ganaug.losses:{_cls}")
+
+# DiffAugment policy -> its ops, applied in order (ganaug/augment.py)
+AUGMENT_POLICIES: Registry[Sequence[Callable[..., Any]]] = Registry("augmentation policy")
+for _name in ("color", "translation", "cutout"):
+    AUGMENT_POLICIES.register_lazy(_name, f"ganaug.augment:{_name.upper()}_OPS")
+
+# data.source_transform -> uint8 NHWC -> uint8 NHWC (ganaug/training/pairs.py)
+SOURCE_TRANSFORMS: Registry[Callable[[Any], Any]] = Registry("source transform")
+for _name, _fn in (("invert", "invert"), ("edges", "edges"), ("blur", "blur"),
+                   ("grayscale", "grayscale"), ("none", "identity")):
+    SOURCE_TRANSFORMS.register_lazy(_name, f"ganaug.training.pairs:{_fn}")
