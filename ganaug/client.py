@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ganaug.imagecodec import encode_png
+
 RETRY_STATUS = (503,)
 
 
@@ -42,19 +44,6 @@ def _png_to_array(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         a = np.asarray(im)
     return a[:, :, None] if a.ndim == 2 else a
-
-
-def _array_to_png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class GeneratorClient:
@@ -163,7 +152,7 @@ class GeneratorClient:
             raise ValueError(f"expected H x W x C or N x H x W x C images, got shape {arr.shape}")
         out = []
         for im in arr:
-            r = self._request("POST", f"/v1/models/{model}/translate", content=_array_to_png(im),
+            r = self._request("POST", f"/v1/models/{model}/translate", content=encode_png(im),
                               headers={"Content-Type": "image/png"})
             out.append(_png_to_array(r.content))
         return np.stack(out)

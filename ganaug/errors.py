@@ -7,6 +7,14 @@ class UserError(Exception):
     """A problem with the user's input (flag, key, file, URI), not a bug in ganaug."""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its class name when it has none), cut to
+    `limit` characters: what a one-line error shows of a library's multi-line text."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
 def find_user_error(exc: BaseException) -> UserError | None:
     """The UserError raised inside a Ray task/actor, out of Ray's wrappers; None if there is none.
 

@@ -9,7 +9,6 @@ That is what lets a served image equal row i of `ganaug generate` byte for byte.
 
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 from ganaug import checkpoint
 from ganaug.errors import UserError
+from ganaug.imagecodec import encode_png
 
 CHUNK = 16  # fixed forward size; requests are padded up to a multiple of it
 
@@ -206,12 +206,4 @@ def tile(rows: np.ndarray, pad: int = 1) -> np.ndarray:
     return out
 
 
-def png_bytes(image: np.ndarray, upscale: int = 1) -> bytes:
-    from PIL import Image
-
-    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    if upscale > 1:
-        im = im.resize((im.width * upscale, im.height * upscale), Image.NEAREST)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+png_bytes = encode_png  # the name the CLI's `sample` and the training grids use

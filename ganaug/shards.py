@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from ganaug import storage
 from ganaug.errors import UserError
+from ganaug.imagecodec import encode_jpeg, encode_png
 
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
@@ -55,23 +56,6 @@ class Encoder:
     encode_one: Callable[[np.ndarray], bytes]
 
 
-def _pil(image: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # PIL writes no time chunk; a fixed compress level keeps the bytes reproducible.
-    _pil(image).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _jpeg(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    _pil(image).save(buf, format="JPEG", quality=95, subsampling=0, optimize=False)
-    return buf.getvalue()
 
 
 def _npy(image: np.ndarray) -> bytes:
@@ -81,8 +65,8 @@ def _npy(image: np.ndarray) -> bytes:
 
 
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (
-    Encoder("png", "png", _png),
-    Encoder("jpeg", "jpg", _jpeg),
+    Encoder("png", "png", encode_png),
+    Encoder("jpeg", "jpg", encode_jpeg),
     Encoder("npy", "npy", _npy),
 )}
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from ganaug.errors import first_line
+
 # A truncated file must be an error (named by the caller), never silently padded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Set deliberately rather than left at Pillow's default (which only warns up to 2x of it):
@@ -49,11 +51,6 @@ class ImageSet:
         return len(self.class_names)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def pixel_limit(resolution: int | None) -> int:
     """The most pixels an input image may have when it is read for `resolution`."""
     if not resolution:
@@ -71,7 +68,7 @@ def decode_image(data, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if isinstance(data, np.ndarray):
         return data
     if isinstance(data, BaseException):
-        raise BadImage(_first_line(data))
+        raise BadImage(first_line(data))
     if data is None or len(data) == 0:
         raise BadImage("empty image data")
     data = bytes(data)
@@ -79,7 +76,7 @@ def decode_image(data, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         try:
             a = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image
-            raise BadImage(f"invalid .npy image: {_first_line(e)}") from None
+            raise BadImage(f"invalid .npy image: {first_line(e)}") from None
         if a.ndim >= 2 and a.shape[0] * a.shape[1] > max_pixels:
             raise BadImage(f"image of {a.shape[1]}x{a.shape[0]} pixels exceeds the limit of {max_pixels}")
         return a
@@ -94,7 +91,7 @@ def decode_image(data, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except BadImage:
         raise
     except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, truncated, bombs, ...
-        raise BadImage(f"cannot decode image: {_first_line(e)}") from None
+        raise BadImage(f"cannot decode image: {first_line(e)}") from None
 
 
 def over_black(a: np.ndarray) -> np.ndarray:

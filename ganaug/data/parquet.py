@@ -24,16 +24,12 @@ from ganaug import storage
 from ganaug.data.base import RawBatch, Reader
 from ganaug.data.confine import confined_uri
 from ganaug.data.spec import DatasetError
+from ganaug.errors import first_line
 
 MANIFEST = "_manifest.json"
 IMAGE_COLUMNS = ("image", "img", "image_bytes", "png", "jpg", "jpeg", "bytes")
 LABEL_COLUMNS = ("label", "labels", "target", "class_id", "class", "y")
 CLASS_NAME_COLUMN = "class_name"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_binary(t: pa.DataType) -> bool:
@@ -102,7 +98,7 @@ class ParquetReader(Reader):
     # ------------------------------------------------------------------ metadata
 
     def _fail(self, uri: str, exc: BaseException) -> DatasetError:
-        return DatasetError(f"dataset {self.spec!r}: cannot read parquet file {uri}: {_first_line(exc)}")
+        return DatasetError(f"dataset {self.spec!r}: cannot read parquet file {uri}: {first_line(exc)}")
 
     def _footer(self, uri: str) -> pq.FileMetaData:
         with storage.open_input(uri) as f:
