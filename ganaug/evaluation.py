@@ -24,15 +24,25 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ganaug import storage
+from ganaug.config import ConfigError, config_from_dict
+from ganaug.data import dataset_summary, load_dataset, open_reader, parse_spec
+from ganaug.data.images import BadImage, conform, decode_image
 from ganaug.errors import UserError
 from ganaug.evaluation_config import EvaluateConfig, EvaluateError
 from ganaug.evaluation_config import check as _check
+from ganaug.labels import PlanContext, parse_plan
+from ganaug.raycluster import cluster_cpus, cluster_gpus, ensure_ray, ordered_data_job, probe_environment
+
+# torch-backed modules (metrics, sampling, checkpoint, training) are imported inside the
+# functions that use them: Ray Data's decode tasks import this module for _decode_batch and
+# should not pay for torch there.
 
 _DATASET_SCHEMES = ("builtin:", "mnist:", "imagefolder:", "parquet:")
 
@@ -59,8 +69,6 @@ def split_heldout(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.n
 
 
 def _load(spec: str, resolution: int | None, channels: int | None, skip_bad: bool, flag: str):
-    from ganaug.data import load_dataset
-
     try:
         return load_dataset(spec, resolution, channels, skip_bad=skip_bad)
     except UserError as e:
@@ -102,8 +110,6 @@ def synthetic_spec(uri: str) -> str:
 
 def uniform_labels(sampler, num: int) -> np.ndarray:
     """The labels of rows 0..num-1 under `ganaug generate --labels uniform`."""
-    from ganaug.labels import PlanContext, parse_plan
-
     k = sampler.num_classes if sampler.conditional else 0
     return parse_plan("uniform", PlanContext(num, k, list(sampler.class_names))).labels()
 
@@ -136,7 +142,7 @@ class _DomainFactory:
 
     @classmethod
     def of(cls, domain, device: str, threads: int = 1) -> _DomainFactory:
-        from safetensors.torch import save
+        from safetensors.torch import save  # torch-backed: see the note at the top
 
         clf = domain.classifier
         state = {k: v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
@@ -144,7 +150,7 @@ class _DomainFactory:
                    domain.fingerprint, device, threads)
 
     def __call__(self):
-        import torch
+        import torch  # torch-backed: see the note at the top
         from safetensors.torch import load
 
         from ganaug.metrics.classifier import SmallCNN
@@ -165,7 +171,7 @@ class _SpecFactory:
     threads: int = 1
 
     def __call__(self):
-        import torch
+        import torch  # torch-backed: see the note at the top
 
         from ganaug.metrics.features import build_extractor
 
@@ -176,10 +182,6 @@ class _SpecFactory:
 def _decode_batch(table, *, image_col: str, image_kind: str, label_col: str | None, resolution: int,
                   channels: int) -> dict:
     """Ray Data stage: a pyarrow batch of encoded rows -> {"image": uint8 NHWC, "label": int64}."""
-    import pyarrow as pa
-
-    from ganaug.data.images import BadImage, conform, decode_image
-
     col = table.column(image_col)
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     data = col.field("bytes") if image_kind == "struct" else col
@@ -208,15 +210,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     actor from `make_extractor`). Actors take fractional CPUs and leave one CPU to Ray Data's
     own tasks (ARCHITECTURE.md §5: a pool holding every CPU deadlocks the read).
     """
-    from ganaug.data import open_reader, parse_spec
-    from ganaug.metrics.features import FeatureMapper
-    from ganaug.raycluster import (
-        cluster_cpus,
-        cluster_gpus,
-        ensure_ray,
-        ordered_data_job,
-        probe_environment,
-    )
+    from ganaug.metrics.features import FeatureMapper  # torch-backed: see the note at the top
 
     parsed = parse_spec(spec)
     _check(parsed.scheme == "parquet", f"the Ray Data feature path reads Parquet sets, not {spec!r}")
@@ -228,7 +222,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
     columns = [reader.image_col] + ([reader.label_col] if reader.label_col else [])
 
     ray = ensure_ray()
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy  # Ray only on this large-set path (ARCHITECTURE.md §1)
 
     cpus, gpus = cluster_cpus(), cluster_gpus()
     if use_gpu:  # GPU workers may scale from zero: wait for one, saying so, instead of refusing
@@ -264,7 +258,7 @@ def train_kshot_pools(meta: dict, real_train: Arrays, class_names: list[str], ks
                       steps: int | None, per_class: int, seed: int, truncation: float, device: str,
                       echo: Callable[[str], None]) -> tuple[dict[int, Arrays], dict]:
     """{k: synthetic pool} from a GAN per k trained (checkpoint's config) on exactly the k-shot subset the arms use."""
-    from ganaug.config import ConfigError, config_from_dict
+    # torch-backed: see the note at the top
     from ganaug.metrics.downstream import kshot_indices
     from ganaug.sampling import Sampler
     from ganaug.training.loop import GANTrainer
@@ -310,8 +304,6 @@ def _run_of(checkpoint_uri: str) -> str | None:
 
 
 def _native_shape(spec: str, flag: str) -> tuple[int, int]:
-    from ganaug.data import dataset_summary
-
     try:
         shape = dataset_summary(spec)["shape"]
     except UserError as e:
@@ -350,203 +342,360 @@ def _summary(report: dict, files: dict[str, str], out: str, seconds: float, feat
     return s
 
 
+@dataclass
+class _Inputs:
+    """What step 1 found: the checkpoint (if any), the synthetic spec, the image shape, the run's log."""
+
+    meta: dict | None
+    ckpt_uri: str | None
+    syn_spec: str | None
+    resolution: int
+    channels: int
+    metrics_jsonl: str | None
+
+
+@dataclass
+class _Real:
+    train: Arrays
+    heldout: Arrays
+    class_names: list[str]
+
+
+@dataclass
+class _Synthetic:
+    arrays: Arrays
+    features: tuple[np.ndarray, np.ndarray] | None = None  # every row's, from Ray Data (large sets)
+    feature_path: str = "in-process"
+
+
+@dataclass
+class _Record:
+    """What the report says about how it was made: its data sources, notes and stage timings."""
+
+    say: Callable[[str], None]
+    data: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, t0: float) -> None:
+        self.timing[name] = round(time.time() - t0, 2)
+
+
 def run_evaluate(cfg: EvaluateConfig, echo: Callable[[str], None] | None = None) -> dict:
     """Evaluate; every input error is raised before heavy work. Returns the summary (the CLI's JSON line)."""
-    from ganaug import checkpoint
-    from ganaug.metrics import EvalOptions, evaluate_arrays
-    from ganaug.metrics.features import DomainFeatures, DomainSettings
-    from ganaug.metrics.report import write_report
+    from ganaug.metrics import EvalOptions  # torch-backed: see the note at the top
+    from ganaug.metrics.features import DomainSettings
 
-    say = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    rec = _Record(echo or (lambda line: print(line, file=sys.stderr, flush=True)))
     t_start = time.time()
+    # 1. Check the arguments and every input, cheapest first, before any heavy work.
     cfg.validate()
-    metrics = cfg.metric_list()
-    ks = cfg.k_list()
-    device = "cuda" if cfg.use_gpu else "cpu"
-    if cfg.threads:
-        import torch
+    metrics, ks, device = cfg.metric_list(), cfg.k_list(), "cuda" if cfg.use_gpu else "cpu"
+    _set_threads(cfg.threads)
+    inputs = _check_inputs(cfg, device, rec)
+    # 2. Load the real data: its train and held-out parts.
+    real = _prepare_real(cfg, inputs, rec)
+    options = EvalOptions(domain=DomainSettings(epochs=cfg.domain_epochs), cas_epochs=cfg.cas_epochs,
+                          gain_steps=cfg.gain_steps, gan_per_class=cfg.gan_per_class, device=device)
+    # 3. Load or sample the synthetic set; an unlabelled one gets the domain classifier's labels.
+    syn = _prepare_synthetic(cfg, inputs, real, options, rec)
+    metrics = _pseudo_label(cfg, syn, real, options, metrics, rec)
+    _check_synthetic(cfg, syn, real, rec)
+    # 4. With --gan-kshot, a GAN per k trained on exactly the gain arms' k-shot subsets.
+    gain_pools = _kshot_pools(cfg, inputs.meta, real, ks, metrics, options, rec)
+    # 5. Run the metrics.
+    report = _run_metrics(cfg, real, syn, metrics, ks, options, gain_pools, rec)
+    # 6. Write the report (report.json last) and return the summary.
+    files = _write_report(cfg, report, real, syn, inputs.metrics_jsonl, rec)
+    return _summary(report, files, cfg.out, time.time() - t_start, syn.feature_path)
 
-        torch.set_num_threads(cfg.threads)
-    timing: dict[str, float] = {}
-    notes: list[str] = []
-    data_info: dict[str, Any] = {}
 
-    # ---- checkpoint, shape, run folder: cheap checks first
-    meta, ckpt_uri, sampler = None, None, None
-    if cfg.checkpoint:
-        ckpt_uri = checkpoint.resolve_checkpoint(cfg.checkpoint)
-        meta = checkpoint.load_meta(ckpt_uri)
-        resolution, channels = int(meta["resolution"]), int(meta["channels"])
-        if not cfg.synthetic:
-            _check(meta.get("kind") == "noise", f"--checkpoint {cfg.checkpoint}: {meta.get('family')} translates "
-                                                "images; make a set with `ganaug translate` and pass --synthetic")
-        data_info["checkpoint"] = {"uri": ckpt_uri, "id": checkpoint.checkpoint_id(ckpt_uri),
-                                   "family": meta.get("family"), "step": meta.get("step")}
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch  # torch-backed: see the note at the top
+
+        torch.set_num_threads(threads)
+
+
+# ---- 1. inputs
+
+
+def _check_inputs(cfg: EvaluateConfig, device: str, rec: _Record) -> _Inputs:
+    """The checkpoint, the images' shape, the run's metrics.jsonl, the feature file: one-line errors, no heavy work."""
+    meta, ckpt_uri = _checkpoint_meta(cfg, rec) if cfg.checkpoint else (None, None)
     syn_spec = synthetic_spec(cfg.synthetic) if cfg.synthetic else None
-    if syn_spec is not None and meta is None:
+    if meta is not None:
+        resolution, channels = int(meta["resolution"]), int(meta["channels"])
+    else:  # validate() made sure there is a --synthetic
         resolution, channels = _native_shape(syn_spec, "--synthetic")
-    run_uri = cfg.run or (_run_of(ckpt_uri) if ckpt_uri else None)
-    metrics_jsonl = None
-    if run_uri:
-        candidate = run_uri if run_uri.endswith(".jsonl") else storage.join(run_uri, "metrics.jsonl")
-        if storage.exists(candidate):
-            metrics_jsonl = candidate
-        elif cfg.run:
-            raise EvaluateError(f"--run {cfg.run}: no metrics.jsonl there")
-    if cfg.feature != "domain":  # load it once here: a bad file is a one-line error before any work
-        try:
-            from ganaug.metrics.features import build_extractor
-
-            build_extractor(cfg.feature, device=device)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise EvaluateError(f"--feature {cfg.feature}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-                from None
+    metrics_jsonl = _metrics_log(cfg, ckpt_uri)
+    _check_feature(cfg.feature, device)
     if cfg.gan_kshot and not (meta or {}).get("config"):
         raise EvaluateError("--gan-kshot: the checkpoint's model.json has no training config; "
                             "use a checkpoint written by `ganaug train`")
+    return _Inputs(meta, ckpt_uri, syn_spec, resolution, channels, metrics_jsonl)
 
-    # ---- real data
+
+def _checkpoint_meta(cfg: EvaluateConfig, rec: _Record) -> tuple[dict, str]:
+    from ganaug import checkpoint  # torch-backed: see the note at the top
+
+    ckpt_uri = checkpoint.resolve_checkpoint(cfg.checkpoint)
+    meta = checkpoint.load_meta(ckpt_uri)
+    if not cfg.synthetic:
+        _check(meta.get("kind") == "noise", f"--checkpoint {cfg.checkpoint}: {meta.get('family')} translates "
+                                            "images; make a set with `ganaug translate` and pass --synthetic")
+    rec.data["checkpoint"] = {"uri": ckpt_uri, "id": checkpoint.checkpoint_id(ckpt_uri),
+                              "family": meta.get("family"), "step": meta.get("step")}
+    return meta, ckpt_uri
+
+
+def _metrics_log(cfg: EvaluateConfig, ckpt_uri: str | None) -> str | None:
+    """The training run's metrics.jsonl for the curves figure: --run's (required), else the checkpoint's run's."""
+    run_uri = cfg.run or (_run_of(ckpt_uri) if ckpt_uri else None)
+    if not run_uri:
+        return None
+    candidate = run_uri if run_uri.endswith(".jsonl") else storage.join(run_uri, "metrics.jsonl")
+    if storage.exists(candidate):
+        return candidate
+    if cfg.run:
+        raise EvaluateError(f"--run {cfg.run}: no metrics.jsonl there")
+    return None
+
+
+def _check_feature(feature: str, device: str) -> None:
+    """Load an extractor file once here: a bad file is a one-line error before any work."""
+    if feature == "domain":
+        return
+    from ganaug.metrics.features import build_extractor  # torch-backed: see the note at the top
+
+    try:
+        build_extractor(feature, device=device)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise EvaluateError(f"--feature {feature}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+
+
+# ---- 2. real data
+
+
+def _prepare_real(cfg: EvaluateConfig, inputs: _Inputs, rec: _Record) -> _Real:
     t = time.time()
-    real_train, real_heldout, class_names, real_info = load_real(cfg, resolution, channels)
-    data_info.update(real_info)
-    timing["load_real"] = round(time.time() - t, 2)
-    num_classes = len(class_names)
+    train, heldout, class_names, info = load_real(cfg, inputs.resolution, inputs.channels)
+    rec.data.update(info)
+    rec.stage("load_real", t)
+    meta = inputs.meta
     if meta is not None and meta.get("kind") == "noise" and int(meta.get("num_classes", 0)) > 0:
-        _check(int(meta["num_classes"]) == num_classes,
-               f"--checkpoint has {meta['num_classes']} classes but --real {cfg.real} has {num_classes}")
+        _check(int(meta["num_classes"]) == len(class_names),
+               f"--checkpoint has {meta['num_classes']} classes but --real {cfg.real} has {len(class_names)}")
         if list(meta.get("class_names") or []) not in ([], class_names):
-            notes.append(f"class names differ: checkpoint {meta['class_names'][:5]}... vs real {class_names[:5]}...; "
-                         "labels are matched by index")
-    say(f"evaluate: real {len(real_train[0])} train / {len(real_heldout[0])} held-out images, {num_classes} classes, "
-        f"{resolution}x{resolution}x{channels}")
+            rec.notes.append(f"class names differ: checkpoint {meta['class_names'][:5]}... vs real "
+                             f"{class_names[:5]}...; labels are matched by index")
+    rec.say(f"evaluate: real {len(train[0])} train / {len(heldout[0])} held-out images, {len(class_names)} classes, "
+            f"{inputs.resolution}x{inputs.resolution}x{inputs.channels}")
+    return _Real(train, heldout, class_names)
 
-    options = EvalOptions(domain=DomainSettings(epochs=cfg.domain_epochs), cas_epochs=cfg.cas_epochs,
-                          gain_steps=cfg.gain_steps, gan_per_class=cfg.gan_per_class, device=device)
 
-    def domain() -> DomainFeatures:
-        return DomainFeatures.from_training(real_train[0], real_train[1], num_classes, settings=options.domain,
-                                            cache_dir=cfg.cache_dir, device=device)
+# ---- 3. synthetic data
 
-    # ---- synthetic data
+
+def _domain(cfg: EvaluateConfig, real: _Real, options) -> Any:
+    """The domain classifier trained on the real train part (cached in --cache-dir)."""
+    from ganaug.metrics.features import DomainFeatures  # torch-backed: see the note at the top
+
+    return DomainFeatures.from_training(real.train[0], real.train[1], len(real.class_names), settings=options.domain,
+                                        cache_dir=cfg.cache_dir, device=options.device)
+
+
+def _prepare_synthetic(cfg: EvaluateConfig, inputs: _Inputs, real: _Real, options, rec: _Record) -> _Synthetic:
     t = time.time()
-    synthetic_features = None
-    feature_path = "in-process"
-    if syn_spec is None:
-        from ganaug.sampling import Sampler
-
-        sampler = Sampler.from_checkpoint(ckpt_uri, device=device)
-        k = max(sampler.num_classes, 1) if sampler.conditional else 1
-        num = cfg.num or (cfg.per_class * k if cfg.per_class else len(real_train[0]))
-        say(f"evaluate: sampling {num} images from {ckpt_uri} (seed {cfg.seed}, truncation {cfg.truncation})")
-        synthetic = sample_balanced(sampler, num, cfg.seed, cfg.truncation, say)
-        data_info["synthetic"] = {"source": "sampled", "rows": num, "seed": cfg.seed, "truncation": cfg.truncation,
-                                  "labels": "uniform (row i: seed S+i, label i mod K), as `ganaug generate`"}
+    if inputs.syn_spec is None:
+        syn = _Synthetic(_sample_synthetic(cfg, inputs.ckpt_uri, real, options.device, rec))
     else:
-        from ganaug.data import open_reader
+        syn = _load_synthetic(cfg, inputs, real, options, rec)
+    rec.stage("synthetic", t)
+    return syn
 
-        try:
-            parsed, reader = open_reader(syn_spec)
-            start, stop = parsed.bounds(reader.num_rows())
-        except UserError as e:
-            raise EvaluateError(f"--synthetic {cfg.synthetic}: {str(e).splitlines()[0]}") from None
-        rows = stop - start
-        use_ray = cfg.ray if cfg.ray is not None else rows > cfg.ray_threshold
-        if use_ray and (parsed.scheme != "parquet" or parsed.classes):
-            _check(cfg.ray is not True, f"--ray: the Ray Data feature path reads whole Parquet sets, not {syn_spec}")
-            use_ray = False
-        data_info["synthetic"] = {"source": cfg.synthetic, "spec": syn_spec, "rows": rows}
-        manifest_uri = storage.join(parsed.location, "_manifest.json") if parsed.scheme == "parquet" else None
-        if manifest_uri and storage.exists(manifest_uri):
-            man = storage.read_json(manifest_uri)
-            data_info["synthetic"]["manifest"] = {k: man.get(k) for k in ("rows", "counts", "checkpoint", "arguments",
-                                                                          "filter", "created") if k in man}
-        if use_ray:
-            image_rows = min(rows, cfg.max_images)
-            img_spec = syn_spec if image_rows == rows else f"{syn_spec}[0:{image_rows}]"
-            syn = _load(img_spec, resolution, channels, cfg.skip_bad, "--synthetic")
-            synthetic = (syn.images, syn.labels)
-            say(f"evaluate: synthetic features of {rows} rows on Ray Data ({cfg.feature})")
-            t_f = time.time()
-            if cfg.feature == "domain":
-                factory: Any = _DomainFactory.of(domain(), device)
-            else:
-                factory = _SpecFactory(cfg.feature, device)
-            synthetic_features = parquet_features_ray(syn_spec, factory, resolution=resolution, channels=channels,
-                                                      workers=cfg.workers, use_gpu=cfg.use_gpu)
-            timing["ray_features"] = round(time.time() - t_f, 2)
-            feature_path = "ray"
-            if image_rows < rows:
-                notes.append(f"feature metrics use all {rows} synthetic rows (Ray Data); image-level metrics "
-                             f"(fidelity, CAS, gain, pixel copies) use the first {image_rows} rows")
-        else:
-            syn = _load(syn_spec, resolution, channels, cfg.skip_bad, "--synthetic")
-            synthetic = (syn.images, syn.labels)
-        if syn.class_names and num_classes and list(syn.class_names[:num_classes]) != class_names[: len(syn.class_names)]:
-            notes.append(f"class names differ: synthetic {syn.class_names[:5]}... vs real {class_names[:5]}...; "
+
+def _sample_synthetic(cfg: EvaluateConfig, ckpt_uri: str, real: _Real, device: str, rec: _Record) -> Arrays:
+    """The rows `ganaug generate --labels uniform --seed S` would make: as many as --num, --per-class or real train."""
+    from ganaug.sampling import Sampler  # torch-backed: see the note at the top
+
+    sampler = Sampler.from_checkpoint(ckpt_uri, device=device)
+    k = max(sampler.num_classes, 1) if sampler.conditional else 1
+    num = cfg.num or (cfg.per_class * k if cfg.per_class else len(real.train[0]))
+    rec.say(f"evaluate: sampling {num} images from {ckpt_uri} (seed {cfg.seed}, truncation {cfg.truncation})")
+    synthetic = sample_balanced(sampler, num, cfg.seed, cfg.truncation, rec.say)
+    rec.data["synthetic"] = {"source": "sampled", "rows": num, "seed": cfg.seed, "truncation": cfg.truncation,
+                             "labels": "uniform (row i: seed S+i, label i mod K), as `ganaug generate`"}
+    return synthetic
+
+
+def _load_synthetic(cfg: EvaluateConfig, inputs: _Inputs, real: _Real, options, rec: _Record) -> _Synthetic:
+    """--synthetic: its images (on the Ray path, the first --max-images) and, on the Ray path, every row's features."""
+    spec = inputs.syn_spec
+    parsed, rows = _open_synthetic(cfg, spec)
+    use_ray = cfg.ray if cfg.ray is not None else rows > cfg.ray_threshold
+    if use_ray and (parsed.scheme != "parquet" or parsed.classes):
+        _check(cfg.ray is not True, f"--ray: the Ray Data feature path reads whole Parquet sets, not {spec}")
+        use_ray = False
+    rec.data["synthetic"] = {"source": cfg.synthetic, "spec": spec, "rows": rows}
+    manifest = _manifest_summary(parsed)
+    if manifest is not None:
+        rec.data["synthetic"]["manifest"] = manifest
+    if use_ray:
+        result, syn = _synthetic_on_ray(cfg, inputs, real, options, rows, rec)
+    else:
+        syn = _load(spec, inputs.resolution, inputs.channels, cfg.skip_bad, "--synthetic")
+        result = _Synthetic((syn.images, syn.labels))
+    names, k = real.class_names, len(real.class_names)
+    if syn.class_names and k and list(syn.class_names[:k]) != names[: len(syn.class_names)]:
+        rec.notes.append(f"class names differ: synthetic {syn.class_names[:5]}... vs real {names[:5]}...; "
                          "labels are matched by index")
-    timing["synthetic"] = round(time.time() - t, 2)
+    return result
 
-    # ---- unlabelled synthetic (unconditional generator): pseudo-labels from the domain classifier
-    if len(synthetic[1]) and (synthetic[1] < 0).any():
-        _check(bool((synthetic[1] < 0).all()), "the synthetic set mixes labelled and unlabelled rows")
-        import torch
 
-        from ganaug.metrics.classifier import predict
+def _open_synthetic(cfg: EvaluateConfig, spec: str) -> tuple[Any, int]:
+    """(parsed spec, rows it selects) without reading any image."""
+    try:
+        parsed, reader = open_reader(spec)
+        start, stop = parsed.bounds(reader.num_rows())
+    except UserError as e:
+        raise EvaluateError(f"--synthetic {cfg.synthetic}: {str(e).splitlines()[0]}") from None
+    return parsed, stop - start
 
-        clf = domain().classifier
-        synthetic = (synthetic[0], predict(clf, synthetic[0]))
-        if synthetic_features is not None:
-            _check(cfg.feature == "domain", "an unlabelled synthetic set on the Ray path needs --feature domain "
-                                            "(its pseudo-labels come from the domain classifier's head)")
-            with torch.no_grad():
-                logits = clf.head(torch.from_numpy(synthetic_features[0]).to(next(clf.parameters()).device))
-            synthetic_features = (synthetic_features[0], logits.argmax(1).cpu().numpy().astype(np.int64))
-        if "fidelity" in metrics:
-            metrics = [m for m in metrics if m != "fidelity"]
-            _check(bool(metrics), "--metrics fidelity: the synthetic set is unlabelled (unconditional generator), "
-                                  "so label fidelity has nothing to check")
-        notes.append("the synthetic set is unlabelled (unconditional generator): labels are the domain classifier's "
+
+def _manifest_summary(parsed) -> dict | None:
+    """A generated set's provenance from its _manifest.json, if it has one."""
+    uri = storage.join(parsed.location, "_manifest.json") if parsed.scheme == "parquet" else None
+    if not (uri and storage.exists(uri)):
+        return None
+    man = storage.read_json(uri)
+    return {k: man.get(k) for k in ("rows", "counts", "checkpoint", "arguments", "filter", "created") if k in man}
+
+
+def _synthetic_on_ray(cfg: EvaluateConfig, inputs: _Inputs, real: _Real, options, rows: int,
+                      rec: _Record) -> tuple[_Synthetic, Any]:
+    """Every row's features as a Ray Data job; the first --max-images rows as images. Returns (result, dataset)."""
+    spec = inputs.syn_spec
+    image_rows = min(rows, cfg.max_images)
+    img_spec = spec if image_rows == rows else f"{spec}[0:{image_rows}]"
+    syn = _load(img_spec, inputs.resolution, inputs.channels, cfg.skip_bad, "--synthetic")
+    rec.say(f"evaluate: synthetic features of {rows} rows on Ray Data ({cfg.feature})")
+    t = time.time()
+    if cfg.feature == "domain":
+        factory: Any = _DomainFactory.of(_domain(cfg, real, options), options.device)
+    else:
+        factory = _SpecFactory(cfg.feature, options.device)
+    features = parquet_features_ray(spec, factory, resolution=inputs.resolution, channels=inputs.channels,
+                                    workers=cfg.workers, use_gpu=cfg.use_gpu)
+    rec.stage("ray_features", t)
+    if image_rows < rows:
+        rec.notes.append(f"feature metrics use all {rows} synthetic rows (Ray Data); image-level metrics "
+                         f"(fidelity, CAS, gain, pixel copies) use the first {image_rows} rows")
+    return _Synthetic((syn.images, syn.labels), features, "ray"), syn
+
+
+def _pseudo_label(cfg: EvaluateConfig, syn: _Synthetic, real: _Real, options, metrics: list[str],
+                  rec: _Record) -> list[str]:
+    """An unlabelled set (an unconditional generator) takes the domain classifier's predictions as labels,
+    and label fidelity is dropped. Returns the metrics to run."""
+    labels = syn.arrays[1]
+    if not (len(labels) and (labels < 0).any()):
+        return metrics
+    _check(bool((labels < 0).all()), "the synthetic set mixes labelled and unlabelled rows")
+    from ganaug.metrics.classifier import predict  # torch-backed: see the note at the top
+
+    clf = _domain(cfg, real, options).classifier
+    syn.arrays = (syn.arrays[0], predict(clf, syn.arrays[0]))
+    if syn.features is not None:
+        _check(cfg.feature == "domain", "an unlabelled synthetic set on the Ray path needs --feature domain "
+                                        "(its pseudo-labels come from the domain classifier's head)")
+        syn.features = (syn.features[0], _head_labels(clf, syn.features[0]))
+    if "fidelity" in metrics:
+        metrics = [m for m in metrics if m != "fidelity"]
+        _check(bool(metrics), "--metrics fidelity: the synthetic set is unlabelled (unconditional generator), "
+                              "so label fidelity has nothing to check")
+    rec.notes.append("the synthetic set is unlabelled (unconditional generator): labels are the domain classifier's "
                      "predictions, and label fidelity is skipped")
-    _check(len(synthetic[0]) > 0, "the synthetic set has no rows")
-    bad = synthetic[1][(synthetic[1] < 0) | (synthetic[1] >= num_classes)]
+    return metrics
+
+
+def _head_labels(clf, features: np.ndarray) -> np.ndarray:
+    """The domain classifier's predictions from features it computed (its head only)."""
+    import torch  # torch-backed: see the note at the top
+
+    with torch.no_grad():
+        logits = clf.head(torch.from_numpy(features).to(next(clf.parameters()).device))
+    return logits.argmax(1).cpu().numpy().astype(np.int64)
+
+
+def _check_synthetic(cfg: EvaluateConfig, syn: _Synthetic, real: _Real, rec: _Record) -> None:
+    images, labels = syn.arrays
+    num_classes = len(real.class_names)
+    _check(len(images) > 0, "the synthetic set has no rows")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
     _check(bad.size == 0, f"synthetic label {int(bad[0]) if bad.size else 0} is outside the {num_classes} classes "
                           f"of --real {cfg.real}")
-    say(f"evaluate: {len(synthetic_features[1]) if synthetic_features else len(synthetic[0])} synthetic images "
-        f"({feature_path} features)")
+    rec.say(f"evaluate: {len(syn.features[1]) if syn.features else len(images)} synthetic images "
+            f"({syn.feature_path} features)")
 
-    # ---- k-shot GANs
-    gain_pools = None
-    if cfg.gan_kshot and "gain" in metrics:
-        t = time.time()
-        gain_pools, kshot_info = train_kshot_pools(
-            meta, real_train, class_names, ks, subset_seed=0, steps=cfg.gan_kshot_steps,
-            per_class=cfg.gan_per_class, seed=cfg.seed, truncation=cfg.truncation, device=device, echo=say)
-        options.subset_seed = 0
-        data_info["gan_kshot"] = kshot_info
-        timing["gan_kshot"] = round(time.time() - t, 2)
-        notes.append(f"augmentation gain: a {kshot_info['family']} GAN per k trained for {kshot_info['steps']} steps "
-                     "on exactly that k-shot subset (fixed subset, seed 0); seeds vary the classifier only")
-    elif "gain" in metrics:
-        notes.append("augmentation gain: the GAN arms use the evaluated generator, trained on the whole train part "
-                     "(more real data than the k-shot arms see); pass --gan-kshot for the honest low-data setting")
 
-    # ---- metrics
-    say(f"evaluate: metrics {', '.join(metrics)}")
+# ---- 4. k-shot GANs
+
+
+def _kshot_pools(cfg: EvaluateConfig, meta: dict | None, real: _Real, ks: list[int], metrics: list[str], options,
+                 rec: _Record) -> dict[int, Arrays] | None:
+    if "gain" not in metrics:
+        return None
+    if not cfg.gan_kshot:
+        rec.notes.append("augmentation gain: the GAN arms use the evaluated generator, trained on the whole train "
+                         "part (more real data than the k-shot arms see); pass --gan-kshot for the honest low-data "
+                         "setting")
+        return None
     t = time.time()
-    report = evaluate_arrays(real_train, real_heldout, synthetic, class_names, metrics, ks=ks, seeds=cfg.seeds,
+    pools, info = train_kshot_pools(
+        meta, real.train, real.class_names, ks, subset_seed=0, steps=cfg.gan_kshot_steps,
+        per_class=cfg.gan_per_class, seed=cfg.seed, truncation=cfg.truncation, device=options.device, echo=rec.say)
+    options.subset_seed = 0
+    rec.data["gan_kshot"] = info
+    rec.stage("gan_kshot", t)
+    rec.notes.append(f"augmentation gain: a {info['family']} GAN per k trained for {info['steps']} steps "
+                     "on exactly that k-shot subset (fixed subset, seed 0); seeds vary the classifier only")
+    return pools
+
+
+# ---- 5. metrics and 6. the report
+
+
+def _run_metrics(cfg: EvaluateConfig, real: _Real, syn: _Synthetic, metrics: list[str], ks: list[int], options,
+                 gain_pools: dict[int, Arrays] | None, rec: _Record) -> dict:
+    from ganaug.metrics import evaluate_arrays  # torch-backed: see the note at the top
+
+    rec.say(f"evaluate: metrics {', '.join(metrics)}")
+    t = time.time()
+    report = evaluate_arrays(real.train, real.heldout, syn.arrays, real.class_names, metrics, ks=ks, seeds=cfg.seeds,
                              feature=cfg.feature, cache_dir=cfg.cache_dir, options=options,
-                             synthetic_features=synthetic_features, gain_pools=gain_pools)
-    timing["metrics"] = round(time.time() - t, 2)
-    if data_info.get("split") and data_info["split"] != "given":
-        notes.insert(0, f"held-out split: {data_info['split']}")
-    report["data"] = data_info
-    report["notes"] = notes
-    report["settings"]["feature_path"] = feature_path
+                             synthetic_features=syn.features, gain_pools=gain_pools)
+    rec.stage("metrics", t)
+    return report
+
+
+def _write_report(cfg: EvaluateConfig, report: dict, real: _Real, syn: _Synthetic, metrics_jsonl: str | None,
+                  rec: _Record) -> dict[str, str]:
+    """Fold what the run recorded into the report and write it; report.json is the folder's marker (written last)."""
+    from ganaug.metrics.report import write_report  # torch-backed: see the note at the top
+
+    if rec.data.get("split") and rec.data["split"] != "given":
+        rec.notes.insert(0, f"held-out split: {rec.data['split']}")
+    report["data"] = rec.data
+    report["notes"] = rec.notes
+    report["settings"]["feature_path"] = syn.feature_path
     report["settings"]["evaluate"] = {k: v for k, v in asdict(cfg).items()}
-    report["timing_s"] = {**report["timing_s"], **{f"stage:{k}": v for k, v in timing.items()}}
-    files = write_report(cfg.out, report, class_names=class_names, synthetic=synthetic, metrics_jsonl=metrics_jsonl)
+    report["timing_s"] = {**report["timing_s"], **{f"stage:{k}": v for k, v in rec.timing.items()}}
+    files = write_report(cfg.out, report, class_names=real.class_names, synthetic=syn.arrays,
+                         metrics_jsonl=metrics_jsonl)
     report["figures"] = sorted(f for f in files if f.endswith(".png"))
-    return _summary(report, files, cfg.out, time.time() - t_start, feature_path)
+    return files
 
 
 def config_dict(cfg: EvaluateConfig) -> dict:

@@ -29,7 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ganaug import __version__
 from ganaug.labels import PlanContext, parse_plan
 from serve import schemas
+from serve.gallery import add_gallery
 from serve.schemas import MAX_SEED, SAMPLE_FIELDS, ErrorBody, error_responses
+from serve.uploads import decode_upload
 
 logger = logging.getLogger("ray.serve")
 UNAVAILABLE = (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError, RayActorError)
@@ -191,11 +193,30 @@ def _validation_answer(exc: RequestValidationError, request: Request, ingress: "
     return error(422, detail, field, limit)
 
 
+# The translate body as the schema shows it: a raw image (multipart is declared by the route's File).
+RAW_IMAGE_BODY = {"requestBody": {"content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
 def build_api(ingress: "GanaugAPI") -> FastAPI:
-    lim = ingress.limits
-    SampleRequest = schemas.sample_request_model(lim["max_n"], lim["min_truncation"], lim["max_truncation"])
+    # 1. The app: no default docs pages (ours need the token), every error an ErrorBody.
     app = FastAPI(title="ganaug", version=__version__, description=schemas.UNIFORM_RULE,
                   docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app, ingress)
+    app.add_middleware(RequestGuard, ingress=ingress)
+    auth = [Depends(_auth_dependency(ingress))]
+    # 2. The routes, in the schema's order: health, schema and docs, models, samples, translate.
+    _add_meta_routes(app, auth)
+    _add_model_routes(app, ingress, auth)
+    if ingress.expose_stats:
+        _add_stats_routes(app, ingress, auth)
+    # 3. The gallery page and its static files.
+    add_gallery(app, ingress.limits)
+    return app
+
+
+def _auth_dependency(ingress: "GanaugAPI"):
     bearer = HTTPBearer(auto_error=False, description="the service's API token ($GANAUG_API_TOKEN)")
 
     def require_auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -203,6 +224,10 @@ def build_api(ingress: "GanaugAPI") -> FastAPI:
         if not bearer_ok(ingress.token, header):
             raise HTTPException(401, UNAUTHORIZED[0], headers=UNAUTHORIZED[1])
 
+    return require_auth
+
+
+def _add_error_handlers(app: FastAPI, ingress: "GanaugAPI") -> None:
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, exc: ClientError):
         return error(*exc.args_)
@@ -218,9 +243,8 @@ def build_api(ingress: "GanaugAPI") -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError):
         return _validation_answer(exc, request, ingress)
 
-    app.add_middleware(RequestGuard, ingress=ingress)
-    auth = [Depends(require_auth)]
 
+def _add_meta_routes(app: FastAPI, auth: list) -> None:
     @app.get("/healthz", response_model=schemas.Health, tags=["ops"])
     async def healthz():
         return {"status": "ok"}
@@ -240,6 +264,12 @@ def build_api(ingress: "GanaugAPI") -> FastAPI:
         return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="ganaug API",
                                    swagger_ui_parameters={"spec": app.openapi(), "persistAuthorization": False})
 
+
+def _add_model_routes(app: FastAPI, ingress: "GanaugAPI", auth: list) -> None:
+    lim = ingress.limits
+    # The request schema carries this app's limits, so it is built per app.
+    SampleRequest = schemas.sample_request_model(lim["max_n"], lim["min_truncation"], lim["max_truncation"])
+
     @app.get("/v1/models", response_model=schemas.ModelList, dependencies=auth,
              responses=error_responses(401), tags=["models"])
     async def models():
@@ -255,58 +285,58 @@ def build_api(ingress: "GanaugAPI") -> FastAPI:
         req = req or SampleRequest()
         seed, n, labels = resolve_labels(req, info, lim["max_n"])
         ans = await ingress.call(model_id, "sample", seed, n, labels, float(req.truncation))
-        names = info["class_names"]
-        images = []
-        for j, data in enumerate(ans["images"]):
-            label = labels[j] if labels is not None else -1
-            images.append({"seed": seed + j, "label": label, "data": data,
-                           "class_name": names[label] if 0 <= label < len(names) else ""})
-        return {"model": model_id, "generator": ans["generator"], "truncation": float(req.truncation),
-                "format": "png", "images": images}
-
-    raw_image = {"requestBody": {"content": {
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+        return sample_answer(model_id, info, req, seed, labels, ans)
 
     @app.post("/v1/models/{model_id}/translate", response_class=Response, dependencies=auth,
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                                "description": "the translated PNG"}, **error_responses(401, 404, 422, 503)},
-              openapi_extra=raw_image, tags=["models"],
+              openapi_extra=RAW_IMAGE_BODY, tags=["models"],
               summary="Translate one image (multipart field 'image', or the raw image as the body)")
     async def translate(model_id: str, request: Request, image: UploadFile | None = File(None)):
         info = ingress.model(model_id)
         if info["kind"] != "translation":
             raise bad("model", f"model {model_id!r} generates from noise: POST /v1/models/{model_id}/samples")
-        if image is not None:
-            data = await image.read(lim["max_upload_bytes"] + 1)
-        elif request.headers.get("content-type", "").lower().startswith("multipart/"):
-            raise bad("image", "multipart body has no file part named 'image'")
-        else:
-            data = await request.body()
-        if len(data) > lim["max_upload_bytes"]:
-            raise bad("image", f"image larger than {lim['max_upload_bytes']} bytes (max_upload_bytes)",
-                      lim["max_upload_bytes"])
-        from serve.uploads import decode_upload
-
-        x = decode_upload(data, info, lim)
+        x = decode_upload(await upload_bytes(request, image, lim), info, lim)
         ans = await ingress.call(model_id, "translate", x)
         return Response(content=ans["png"], media_type="image/png",
                         headers={"X-Ganaug-Model": model_id, "X-Ganaug-Generator": ans["generator"]})
 
-    if ingress.expose_stats:
-        @app.get("/v1/_stats", response_model=schemas.StatsBody, dependencies=auth, include_in_schema=False)
-        async def stats():
-            return await ingress.pool.stats.remote()
 
-        @app.delete("/v1/_stats", dependencies=auth, include_in_schema=False)
-        async def reset_stats():
-            await ingress.pool.reset_stats.remote()
-            return {"reset": True}
+def _add_stats_routes(app: FastAPI, ingress: "GanaugAPI", auth: list) -> None:
+    @app.get("/v1/_stats", response_model=schemas.StatsBody, dependencies=auth, include_in_schema=False)
+    async def stats():
+        return await ingress.pool.stats.remote()
 
-    from serve.gallery import add_gallery
+    @app.delete("/v1/_stats", dependencies=auth, include_in_schema=False)
+    async def reset_stats():
+        await ingress.pool.reset_stats.remote()
+        return {"reset": True}
 
-    add_gallery(app, lim)
-    return app
+
+def sample_answer(model_id: str, info: dict, req, seed: int, labels: list[int] | None, ans: dict) -> dict:
+    """The pool's images -> the SampleResponse body: image j has seed + j and its label's class name."""
+    names = info["class_names"]
+    images = []
+    for j, data in enumerate(ans["images"]):
+        label = labels[j] if labels is not None else -1
+        images.append({"seed": seed + j, "label": label, "data": data,
+                       "class_name": names[label] if 0 <= label < len(names) else ""})
+    return {"model": model_id, "generator": ans["generator"], "truncation": float(req.truncation),
+            "format": "png", "images": images}
+
+
+async def upload_bytes(request: Request, image: UploadFile | None, lim: dict) -> bytes:
+    """The uploaded image: the multipart field 'image', or the raw body; 422 past max_upload_bytes."""
+    if image is not None:
+        data = await image.read(lim["max_upload_bytes"] + 1)
+    elif request.headers.get("content-type", "").lower().startswith("multipart/"):
+        raise bad("image", "multipart body has no file part named 'image'")
+    else:
+        data = await request.body()
+    if len(data) > lim["max_upload_bytes"]:
+        raise bad("image", f"image larger than {lim['max_upload_bytes']} bytes (max_upload_bytes)",
+                  lim["max_upload_bytes"])
+    return data
 
 
 def resolve_labels(req, info: dict, max_n: int) -> tuple[int, int, list[int] | None]:

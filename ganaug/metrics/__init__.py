@@ -58,6 +58,7 @@ from ganaug.metrics.features import (
     build_extractor,
     extract_features_batched,
 )
+from ganaug.metrics.report import to_jsonable, verdicts, write_report
 from ganaug.registry import Registry
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -301,6 +302,73 @@ def _check_arrays(name: str, arrays: Arrays, num_classes: int, shape: tuple | No
     return images.shape[1:]
 
 
+def _int_labels(arrays: Arrays) -> Arrays:
+    return arrays[0], np.asarray(arrays[1], dtype=np.int64)
+
+
+def _checked_sets(real_train: Arrays, real_heldout: Arrays, synthetic: Arrays,
+                  num_classes: int) -> tuple[Arrays, Arrays, Arrays, tuple]:
+    """The three sets with int64 labels, checked against each other; and real train's image shape."""
+    real_train, real_heldout, synthetic = _int_labels(real_train), _int_labels(real_heldout), _int_labels(synthetic)
+    shape = _check_arrays("real_train", real_train, num_classes, None)
+    _check_arrays("real_heldout", real_heldout, num_classes, shape)
+    _check_arrays("synthetic", synthetic, num_classes, shape)
+    return real_train, real_heldout, synthetic, shape
+
+
+def _checked_features(synthetic_features: tuple[np.ndarray, np.ndarray] | None,
+                      num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if synthetic_features is None:
+        return None
+    feats, feat_labels = np.asarray(synthetic_features[0], np.float32), np.asarray(synthetic_features[1], np.int64)
+    if feats.ndim != 2 or len(feats) != len(feat_labels) or len(feats) == 0:
+        raise EvaluationInputError(f"synthetic_features: need [N, D] features with N labels, got "
+                                   f"{feats.shape} and {feat_labels.shape}")
+    if feat_labels.min() < 0 or feat_labels.max() >= num_classes:
+        raise EvaluationInputError(f"synthetic_features: labels must lie in 0..{num_classes - 1}")
+    return feats, feat_labels
+
+
+def _checked_pools(gain_pools: dict[int, Arrays] | None, ks: Sequence[int], subset_seed: int | None,
+                   num_classes: int, shape: tuple) -> dict[int, Arrays] | None:
+    if gain_pools is None:
+        return None
+    gain_pools = {int(k): _int_labels(v) for k, v in gain_pools.items()}
+    missing = sorted({int(k) for k in ks} - set(gain_pools))
+    if missing:
+        raise EvaluationInputError(f"gain_pools lacks k = {missing}")
+    for k, pool in gain_pools.items():
+        _check_arrays(f"gain_pools[{k}]", pool, num_classes, shape)
+    if subset_seed is None:
+        raise EvaluationInputError("gain_pools need subset_seed: the k-shot subsets their GANs were trained on")
+    return gain_pools
+
+
+def _merged_options(options: EvalOptions | None, overrides: dict[str, Any], *, ks: Sequence[int],
+                    seeds: int | Sequence[int], feature: str, cache_dir: str | Path | None) -> EvalOptions:
+    """`options` (or the defaults) with the call's own arguments and keyword overrides."""
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    bad = sorted(set(overrides) - set(EvalOptions.__dataclass_fields__))
+    if bad:
+        raise EvaluationInputError(f"unknown option(s) {bad}; known: {sorted(EvalOptions.__dataclass_fields__)}")
+    o = options or EvalOptions()
+    return EvalOptions(**{**vars(o), "ks": tuple(ks), "seeds": tuple(seed_list), "feature": feature,
+                          "cache_dir": cache_dir, **overrides})
+
+
+def _settings(ctx: EvalContext, metrics: list[str], shape: tuple) -> dict:
+    """The report's settings: the options, the set sizes and the domain classifier used."""
+    n_syn = len(ctx.synthetic_features[1]) if ctx.synthetic_features is not None else len(ctx.synthetic[0])
+    settings = {**to_jsonable(vars(ctx.options)), "metrics": metrics, "n_train": len(ctx.real_train[0]),
+                "n_heldout": len(ctx.real_heldout[0]), "n_synthetic": n_syn,
+                "n_synthetic_images": len(ctx.synthetic[0]), "class_names": ctx.class_names,
+                "resolution": list(shape[:2]), "channels": int(shape[2])}
+    if ctx._domain is not None:
+        settings["domain"] = {**settings["domain"], "fingerprint": ctx._domain.fingerprint,
+                              "cache_hit": ctx._domain.cache_hit, "path": str(ctx._domain.path)}
+    return settings
+
+
 def evaluate_arrays(
     real_train: Arrays,
     real_heldout: Arrays,
@@ -329,57 +397,25 @@ def evaluate_arrays(
     ``subset_seed`` (the subsets they were trained on, see downstream.kshot_indices).
     Result: {"settings", "metrics": {name: ...}, "verdicts": [...], "timing_s": {name: s}, "files"?}.
     """
-    from ganaug.metrics.report import to_jsonable, verdicts, write_report
-
     metrics = list(metrics) if metrics is not None else ALL_METRICS
     METRICS.check(metrics)
     class_names = [str(c) for c in class_names]
-    labels = lambda a: (a[0], np.asarray(a[1], dtype=np.int64))
-    real_train, real_heldout, synthetic = labels(real_train), labels(real_heldout), labels(synthetic)
-    shape = _check_arrays("real_train", real_train, len(class_names), None)
-    _check_arrays("real_heldout", real_heldout, len(class_names), shape)
-    _check_arrays("synthetic", synthetic, len(class_names), shape)
-    if synthetic_features is not None:
-        feats, feat_labels = np.asarray(synthetic_features[0], np.float32), np.asarray(synthetic_features[1], np.int64)
-        if feats.ndim != 2 or len(feats) != len(feat_labels) or len(feats) == 0:
-            raise EvaluationInputError(f"synthetic_features: need [N, D] features with N labels, got "
-                                       f"{feats.shape} and {feat_labels.shape}")
-        if feat_labels.min() < 0 or feat_labels.max() >= len(class_names):
-            raise EvaluationInputError(f"synthetic_features: labels must lie in 0..{len(class_names) - 1}")
-        synthetic_features = (feats, feat_labels)
-    if gain_pools is not None:
-        gain_pools = {int(k): labels(v) for k, v in gain_pools.items()}
-        missing = sorted({int(k) for k in ks} - set(gain_pools))
-        if missing:
-            raise EvaluationInputError(f"gain_pools lacks k = {missing}")
-        for k, pool in gain_pools.items():
-            _check_arrays(f"gain_pools[{k}]", pool, len(class_names), shape)
-        if option_overrides.get("subset_seed", getattr(options, "subset_seed", None)) is None:
-            raise EvaluationInputError("gain_pools need subset_seed: the k-shot subsets their GANs were trained on")
-
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    bad = sorted(set(option_overrides) - set(EvalOptions.__dataclass_fields__))
-    if bad:
-        raise EvaluationInputError(f"unknown option(s) {bad}; known: {sorted(EvalOptions.__dataclass_fields__)}")
-    o = options or EvalOptions()
-    o = EvalOptions(**{**vars(o), "ks": tuple(ks), "seeds": tuple(seed_list), "feature": feature,
-                       "cache_dir": cache_dir, **option_overrides})
+    # 1. Check the inputs against each other, and merge the options.
+    real_train, real_heldout, synthetic, shape = _checked_sets(real_train, real_heldout, synthetic, len(class_names))
+    synthetic_features = _checked_features(synthetic_features, len(class_names))
+    subset_seed = option_overrides.get("subset_seed", getattr(options, "subset_seed", None))
+    gain_pools = _checked_pools(gain_pools, ks, subset_seed, len(class_names), shape)
+    o = _merged_options(options, option_overrides, ks=ks, seeds=seeds, feature=feature, cache_dir=cache_dir)
     ctx = EvalContext(real_train, real_heldout, synthetic, class_names, o, synthetic_features, gain_pools)
-
+    # 2. Run each metric (the context computes shared features and the domain classifier once).
     results, timing = {}, {}
     for name in metrics:
         t0 = time.perf_counter()
         results[name] = to_jsonable(METRICS.get(name)(ctx))
         timing[name] = round(time.perf_counter() - t0, 3)
-    n_syn = len(synthetic_features[1]) if synthetic_features is not None else len(synthetic[0])
-    settings = {**to_jsonable(vars(o)), "metrics": metrics, "n_train": len(real_train[0]),
-                "n_heldout": len(real_heldout[0]), "n_synthetic": n_syn,
-                "n_synthetic_images": len(synthetic[0]), "class_names": class_names,
-                "resolution": list(shape[:2]), "channels": int(shape[2])}
-    if ctx._domain is not None:
-        settings["domain"] = {**settings["domain"], "fingerprint": ctx._domain.fingerprint,
-                              "cache_hit": ctx._domain.cache_hit, "path": str(ctx._domain.path)}
-    report = {"settings": settings, "metrics": results, "verdicts": to_jsonable(verdicts(results)), "timing_s": timing}
+    # 3. The report; written when asked.
+    report = {"settings": _settings(ctx, metrics, shape), "metrics": results,
+              "verdicts": to_jsonable(verdicts(results)), "timing_s": timing}
     if out_dir is not None:
         report["files"] = write_report(out_dir, report, class_names=class_names, synthetic=synthetic,
                                        metrics_jsonl=metrics_jsonl)

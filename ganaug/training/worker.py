@@ -446,19 +446,40 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     failing beyond training.max_failures.
     """
     t0 = time.perf_counter()
+    # 1. Check the input and plan the run (no Ray); a finished run or a spent budget stops here.
     plan = plan or prepare_run(cfg, workers, use_gpu, storage, name)
-    if plan.resume_step >= plan.total_steps:
+    done = _nothing_to_do(plan)
+    if done is not None:
         if echo:
-            echo(f"run {run_files.redact(plan.run_uri)} is already at step {plan.resume_step} "
-                 f"(training.steps={plan.total_steps}); nothing to do")
+            echo(done)
         return summarize(plan, None, time.perf_counter() - t0)
-    if plan.budget_spent:
-        if echo:
-            echo(f"run {run_files.redact(plan.run_uri)} has spent its budget at step {plan.resume_step} "
-                 f"({plan.seconds_spent / 60:.1f} of training.max_minutes={plan.cfg.training.max_minutes:g}); "
-                 "nothing to do (raise training.max_minutes to go on)")
-        return summarize(plan, None, time.perf_counter() - t0)
+    # 2. Connect to Ray and size the workers.
+    ray = _connect_ray(plan, shared_fs)
+    per_worker = _per_worker_resources(ray.cluster_resources(), plan, echo)
+    # 3. Run the workers, one progress line per report.
+    sink_cls, callback_cls = _progress_classes()
+    sink = sink_cls.remote()
+    trainer = _torch_trainer(plan, per_worker, callback_cls(sink))
+    if echo:
+        echo(_start_line(plan))
+    progress = _fit(ray, trainer, sink, plan, echo)
+    # 4. The summary.
+    return summarize(plan, progress, time.perf_counter() - t0)
 
+
+def _nothing_to_do(plan: RunPlan) -> str | None:
+    """Why the run needs no workers (already at training.steps, or its budget spent), else None."""
+    if plan.resume_step >= plan.total_steps:
+        return (f"run {run_files.redact(plan.run_uri)} is already at step {plan.resume_step} "
+                f"(training.steps={plan.total_steps}); nothing to do")
+    if plan.budget_spent:
+        return (f"run {run_files.redact(plan.run_uri)} has spent its budget at step {plan.resume_step} "
+                f"({plan.seconds_spent / 60:.1f} of training.max_minutes={plan.cfg.training.max_minutes:g}); "
+                "nothing to do (raise training.max_minutes to go on)")
+    return None
+
+
+def _connect_ray(plan: RunPlan, shared_fs: bool):
     from ganaug.raycluster import ensure_ray, require_shared_paths
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _POLL_INTERVAL_S)
@@ -466,36 +487,36 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     # Rank 0 writes checkpoints wherever it runs; the driver and resume read them back.
     require_shared_paths({"--storage": plan.cfg.storage.root}, shared_fs)
     _quiet_ray_loggers()
+    return ray
+
+
+def _per_worker_resources(resources: dict, plan: RunPlan, echo: Callable[[str], None] | None) -> dict:
+    if plan.use_gpu:
+        if resources.get("GPU", 0) < plan.workers and echo:
+            echo(f"waiting for {plan.workers} GPU(s): the cluster has {int(resources.get('GPU', 0))} now "
+                 "(an autoscaler may add nodes)")
+        return {"CPU": 1.0, "GPU": 1.0}
+    # A local Ray smaller than the worker count (a laptop running --workers 4 on 2 cores)
+    # gives each worker a fair share; a cluster (RAY_ADDRESS) gets 1 CPU per worker, so
+    # an autoscaler adds nodes instead of packing every worker onto the head. Torch
+    # threads are set separately (threads_per_worker).
+    cpus = float(resources.get("CPU", 0.0))
+    if not os.environ.get("RAY_ADDRESS"):
+        return {"CPU": max(0.01, min(1.0, cpus / plan.workers))}
+    if cpus < plan.workers and echo:
+        echo(f"waiting for {plan.workers} CPU(s): the cluster has {cpus:g} now (an autoscaler may add nodes)")
+    return {"CPU": 1.0}
+
+
+def _torch_trainer(plan: RunPlan, per_worker: dict, callback):
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
-    resources = ray.cluster_resources()
     tc = plan.cfg.training
-    if plan.use_gpu:
-        per_worker = {"CPU": 1.0, "GPU": 1.0}
-        if resources.get("GPU", 0) < plan.workers and echo:
-            echo(f"waiting for {plan.workers} GPU(s): the cluster has {int(resources.get('GPU', 0))} now "
-                 "(an autoscaler may add nodes)")
-    else:
-        # A local Ray smaller than the worker count (a laptop running --workers 4 on 2 cores)
-        # gives each worker a fair share; a cluster (RAY_ADDRESS) gets 1 CPU per worker, so
-        # an autoscaler adds nodes instead of packing every worker onto the head. Torch
-        # threads are set separately (threads_per_worker).
-        cpus = float(resources.get("CPU", 0.0))
-        if os.environ.get("RAY_ADDRESS"):
-            per_worker = {"CPU": 1.0}
-            if cpus < plan.workers and echo:
-                echo(f"waiting for {plan.workers} CPU(s): the cluster has {cpus:g} now "
-                     "(an autoscaler may add nodes)")
-        else:
-            per_worker = {"CPU": max(0.01, min(1.0, cpus / plan.workers))}
-
-    sink_cls, callback_cls = _progress_classes()
-    sink = sink_cls.remote()
     storage_path, storage_fs = _storage_for_ray(plan.run_uri)
     worker_env = {k: os.environ[k] for k in _WORKER_ENV if os.environ.get(k)}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": plan.cfg.to_dict(), "run_uri": plan.run_uri, "name": plan.name,
                            "cwd": os.getcwd(),
@@ -508,18 +529,25 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-            callbacks=[callback_cls(sink)],
+            callbacks=[callback],
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
         ),
     )
-    if echo:
-        start = f"resuming at step {plan.resume_step}" if plan.resume_uri else "starting fresh"
-        budget = (f" or {tc.max_minutes:g} min of training ({plan.seconds_spent / 60:.1f} spent)"
-                  if tc.max_minutes > 0 else "")
-        echo(f"train {plan.name}: {plan.cfg.model.family} on {plan.cfg.data.spec} "
-             f"({plan.dataset.get('rows')} rows), {plan.workers} worker(s) x batch {tc.batch_size} "
-             f"= global batch {plan.global_batch}, {'GPU' if plan.use_gpu else 'CPU'}, "
-             f"{plan.total_steps} steps{budget}, {start}; run {run_files.redact(plan.run_uri)}")
+
+
+def _start_line(plan: RunPlan) -> str:
+    tc = plan.cfg.training
+    start = f"resuming at step {plan.resume_step}" if plan.resume_uri else "starting fresh"
+    budget = (f" or {tc.max_minutes:g} min of training ({plan.seconds_spent / 60:.1f} spent)"
+              if tc.max_minutes > 0 else "")
+    return (f"train {plan.name}: {plan.cfg.model.family} on {plan.cfg.data.spec} "
+            f"({plan.dataset.get('rows')} rows), {plan.workers} worker(s) x batch {tc.batch_size} "
+            f"= global batch {plan.global_batch}, {'GPU' if plan.use_gpu else 'CPU'}, "
+            f"{plan.total_steps} steps{budget}, {start}; run {run_files.redact(plan.run_uri)}")
+
+
+def _fit(ray, trainer, sink, plan: RunPlan, echo: Callable[[str], None] | None) -> _Progress:
+    """trainer.fit() with the progress thread draining `sink`; TrainingFailed once workers keep failing."""
     progress = _Progress(sink, plan, echo).start()
     try:
         with _no_raylet_echo():
@@ -537,13 +565,14 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
             errors = progress.failures[-1] if progress.failures else {}
             detail = "; ".join(f"rank {r}: {m}" for r, m in sorted(errors.items())) or _first_line(e)
             raise TrainingFailed(f"training failed after {len(progress.failures)} worker failure(s) "
-                                 f"(max_failures={tc.max_failures}): {run_files.redact(detail)}") from None
+                                 f"(max_failures={plan.cfg.training.max_failures}): "
+                                 f"{run_files.redact(detail)}") from None
         raise
     finally:
         progress.stop()
         with contextlib.suppress(Exception):
             ray.kill(sink)  # the sink is tiny; if it is already gone, fine
-    return summarize(plan, progress, time.perf_counter() - t0)
+    return progress
 
 
 # =============================================================================== worker
@@ -588,101 +617,88 @@ def _load_resume_state(uri: str) -> dict:
     return state
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """One rank of a run. `config`: {"config": resolved RunConfig dict, "run_uri", "name"}."""
-    import ray.train
-    import ray.train.torch
-    import torch
-    from ray.train.collective import broadcast_from_rank_zero
+@dataclass
+class _RankRun:
+    """One rank's side of a run: what the loop's callbacks share (report, checkpoint, budget).
 
-    from ganaug import checkpoint
-    from ganaug.data import load_dataset
-    from ganaug.data.paired import is_paired_spec, load_pairs
-    from ganaug.training.loop import GANTrainer
+    Ray and torch are imported inside the methods: this class lives in the driver's module too,
+    and importing that must not import Ray."""
 
-    # Train starts each worker in its own trial directory; relative data paths in the config
-    # (mnist:../shared/data/mnist) mean the driver's directory, as they do for the driver's
-    # own checks. Under `ray job submit --working-dir` that is the job's unpacked copy.
-    if config.get("cwd") and os.path.isdir(config["cwd"]):
-        os.chdir(config["cwd"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = config_from_dict(config["config"])
-    run_uri: str = config["run_uri"]
-    tc = cfg.training
-    total = tc.steps
+    trainer: Any
+    rank: int
+    run_uri: str
+    total: int
+    meta_base: dict               # model.json fields common to every checkpoint of this run
+    grid_inputs: Any              # a translation model's fixed inputs for the sample grid
+    node: str
+    resume_uri: str | None
+    start_step: int
+    metrics_log: Any = None       # rank 0 only: {run}/metrics.jsonl
+    seconds0: float = 0.0         # training time before this fit (the run's, from metrics.jsonl)
+    t_fit: float = 0.0
+    first_report: bool = True
+    pending: dict | None = None   # a checkpoint step's metrics, reported with its checkpoint
+    stopping: bool = False        # the budget made this step the last one (budget_spent)
 
-    threads = tc.threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size()))
-    torch.set_num_threads(threads)
-    if tc.use_gpu and not torch.cuda.is_available():
-        # Ray gave this worker a GPU, but torch cannot use it (a CPU-only wheel, a driver
-        # mismatch): training on the CPU instead would be silent and many times slower.
-        raise UserError(f"--use-gpu: rank {rank} on {socket.gethostname()} has no usable CUDA device (torch "
-                        f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); install a CUDA "
-                        "build of torch on the GPU nodes, or train without --use-gpu")
-    # (cuDNN autotuning is the loop's to set: training.cudnn_benchmark.)
-    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
+    @property
+    def tc(self):
+        return self.trainer.cfg.training
 
-    source = None
-    if is_paired_spec(cfg.data.spec):  # real pairs: A is the spec's own other side, row-aligned
-        a_side, data = load_pairs(cfg.data.spec, cfg.data.resolution, cfg.data.channels, cfg.data.skip_bad)
-        source = a_side.images
-    else:
-        data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels, cfg.data.skip_bad)
-    if cfg.data.source_spec:
-        source = load_dataset(cfg.data.source_spec, cfg.data.resolution, cfg.data.channels,
-                              cfg.data.skip_bad).images
-    trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device=device, rank=rank,
-                         world_size=world, source_images=source)
+    def is_checkpoint_step(self, step: int) -> bool:
+        return step % self.tc.checkpoint_every == 0 or step == self.total or self.stopping
 
-    # Resume: rank 0 decides which checkpoint, so every rank loads the same one.
-    resume_uri = checkpoint.latest_checkpoint(run_uri) if rank == 0 else None
-    resume_uri = broadcast_from_rank_zero(resume_uri)
-    if resume_uri:
-        trainer.load_state_dict(_load_resume_state(resume_uri))
-    start_step = trainer.step
+    def on_report(self, report: dict) -> None:
+        report = dict(report)
+        report["seconds"] = self.seconds0 + float(report.get("seconds", 0.0))
+        if self.metrics_log is not None:
+            self.metrics_log.append({k: v for k, v in report.items() if k != "d_real_sign"})
+        if self.is_checkpoint_step(self.trainer.step):
+            self.pending = report  # reported together with the checkpoint, right after
+        else:
+            self.send(report, None)
 
-    metrics_log = None
-    seconds0 = 0.0
-    if rank == 0:
-        metrics_log = run_files.MetricsLog(run_uri)
-        metrics_log.resume(start_step)  # drop lines after the checkpoint we resume from
-        if metrics_log.last:
-            seconds0 = float(metrics_log.last.get("seconds") or 0.0)
+    def on_checkpoint(self, step: int) -> None:
+        uri = self.save_checkpoint(step) if self.rank == 0 else None
+        self.send(self.pending or {"step": step, "images_seen": self.trainer.images_seen}, uri)
+        self.pending = None
 
-    meta_base = trainer.model_meta()
-    meta_base.update(config=cfg.to_dict(), config_digest=cfg.digest(), run=config.get("name"),
-                     environment=environment.current(device.type))  # where these weights were trained
-    if config.get("native_size"):
-        meta_base["native_size"] = [int(v) for v in config["native_size"]]
-    translation = meta_base["kind"] == "translation"
-    grid_inputs = _translation_inputs(cfg, data.images, source) if translation else None
-    node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
-    first_report = True
-    pending: dict | None = None
+    def save_checkpoint(self, step: int) -> str:
+        """Rank 0: the checkpoint, its sample grid (also under {run}/samples/) and the pruning."""
+        from ganaug import checkpoint
 
-    stopping = False  # the budget made this step the last one (set by budget_spent below)
+        trainer = self.trainer
+        uri = storage.join(checkpoint.checkpoints_root(self.run_uri), checkpoint.step_dir_name(step))
+        meta = dict(self.meta_base, step=step, images_seen=trainer.images_seen)
+        png = _grid_png(trainer, meta, self.grid_inputs)
+        weights = trainer.weights()
+        checkpoint.save_checkpoint(
+            uri, meta=meta, generator_ema=weights["generator_ema"], generator=weights["generator"],
+            discriminator=weights["discriminator"], train_state=trainer.state_dict(include_weights=False),
+            samples_png=png)
+        storage.write_bytes(run_files.samples_uri(self.run_uri, step), png)
+        checkpoint.prune_checkpoints(self.run_uri, self.tc.keep_checkpoints)
+        return uri
 
-    def is_checkpoint_step(step: int) -> bool:
-        return step % tc.checkpoint_every == 0 or step == total or stopping
+    def send(self, metrics: dict, ckpt_uri: str | None) -> None:
+        """ray.train.report for this rank: every rank at the same steps (Train v2); rank 0 with the metrics."""
+        import ray.train
 
-    def send(metrics: dict, ckpt_uri: str | None) -> None:
-        nonlocal first_report
         from ganaug.losses import unwrap
 
-        own = {"step": trainer.step, "rank": rank, "node": node}
-        if is_checkpoint_step(trainer.step):
+        trainer = self.trainer
+        own = {"step": trainer.step, "rank": self.rank, "node": self.node}
+        if self.is_checkpoint_step(trainer.step):
             # The DDP sync check copies every parameter to the CPU: only at checkpoints (and
             # the last step), not at every report.
             own.update(g_hash=_params_hash(unwrap(trainer.G)), d_hash=_params_hash(unwrap(trainer.D)))
-        if rank != 0:
+        if self.rank != 0:
             ray.train.report(own)
             return
         out = dict(metrics)
         out.update(own)
-        if first_report and resume_uri:
-            out.update(resumed_from=start_step, resume_uri=resume_uri)
-        first_report = False
+        if self.first_report and self.resume_uri:
+            out.update(resumed_from=self.start_step, resume_uri=self.resume_uri)
+        self.first_report = False
         if ckpt_uri is None:
             ray.train.report(out)
             return
@@ -691,67 +707,148 @@ def train_loop_per_worker(config: dict) -> None:
         # dashboard) follows ours; the weights live in the ganaug checkpoint it names.
         with tempfile.TemporaryDirectory(prefix="ganaug-ptr-") as d:
             with open(os.path.join(d, "pointer.json"), "w") as f:
-                json.dump({"checkpoint": ckpt_uri, "step": trainer.step, "run": run_uri}, f)
+                json.dump({"checkpoint": ckpt_uri, "step": trainer.step, "run": self.run_uri}, f)
             ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    def on_report(report: dict) -> None:
-        nonlocal pending
-        report = dict(report)
-        report["seconds"] = seconds0 + float(report.get("seconds", 0.0))
-        if metrics_log is not None:
-            metrics_log.append({k: v for k, v in report.items() if k != "d_real_sign"})
-        if is_checkpoint_step(trainer.step):
-            pending = report  # reported together with the checkpoint, right after
-        else:
-            send(report, None)
-
-    def on_checkpoint(step: int) -> None:
-        nonlocal pending
-        uri = None
-        if rank == 0:
-            uri = storage.join(checkpoint.checkpoints_root(run_uri), checkpoint.step_dir_name(step))
-            meta = dict(meta_base, step=step, images_seen=trainer.images_seen)
-            png = _grid_png(trainer, meta, grid_inputs)
-            weights = trainer.weights()
-            checkpoint.save_checkpoint(
-                uri, meta=meta, generator_ema=weights["generator_ema"], generator=weights["generator"],
-                discriminator=weights["discriminator"], train_state=trainer.state_dict(include_weights=False),
-                samples_png=png)
-            storage.write_bytes(run_files.samples_uri(run_uri, step), png)
-            checkpoint.prune_checkpoints(run_uri, tc.keep_checkpoints)
-        send(pending or {"step": step, "images_seen": trainer.images_seen}, uri)
-        pending = None
-
-    if faults.armed("train.after_step"):
-        plain_step = trainer.train_step
-
-        def step_with_fault():
-            out = plain_step()
-            faults.maybe_crash("train.after_step", step=trainer.step, rank=rank, world_size=world)
-            return out
-
-        trainer.train_step = step_with_fault
-
-    budget_s = 60.0 * tc.max_minutes
-    t_fit = time.perf_counter()
-
-    def budget_spent(step: int) -> bool:
+    def budget_spent(self, step: int) -> bool:
         """Rank 0's clock decides (its seconds0 is the run's), broadcast so all ranks agree.
         Asked at report steps only: those are collectives already, so the ranks are there."""
-        nonlocal stopping
-        if budget_s <= 0 or step % tc.report_every != 0:
+        budget_s = 60.0 * self.tc.max_minutes
+        if budget_s <= 0 or step % self.tc.report_every != 0:
             return False
-        spent = rank == 0 and seconds0 + (time.perf_counter() - t_fit) >= budget_s
-        if trainer.distributed:
+        spent = self.rank == 0 and self.seconds0 + (time.perf_counter() - self.t_fit) >= budget_s
+        if self.trainer.distributed:
+            import torch
             import torch.distributed as dist
 
-            flag = torch.tensor([1.0 if spent else 0.0], device=trainer.device)
+            flag = torch.tensor([1.0 if spent else 0.0], device=self.trainer.device)
             dist.broadcast(flag, src=0)
             spent = bool(flag.item() > 0.5)
-        stopping = spent
+        self.stopping = spent
         return spent
 
-    if start_step >= total:
+
+def train_loop_per_worker(config: dict) -> None:
+    """One rank of a run. `config`: {"config": resolved RunConfig dict, "run_uri", "name"}."""
+    import ray.train
+
+    from ganaug.training.loop import GANTrainer
+
+    # 1. Set up this rank: the driver's working directory, torch threads, the device.
+    _enter_driver_cwd(config.get("cwd"))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = config_from_dict(config["config"])
+    device = _worker_device(cfg, rank, ctx.get_local_world_size())
+    # 2. Load the data (every rank its own copy) and build the trainer.
+    data, source = _load_worker_data(cfg)
+    trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device=device, rank=rank,
+                         world_size=world, source_images=source)
+    # 3. Resume from the newest complete checkpoint, the same one on every rank.
+    resume_uri = _resume(trainer, config["run_uri"], rank)
+    # 4. Train: the callbacks report, checkpoint and watch the time budget.
+    run = _rank_run(config, trainer, rank, resume_uri, data.images, source)
+    if faults.armed("train.after_step"):
+        _inject_step_faults(trainer, rank, world)
+    run.t_fit = time.perf_counter()
+    if run.start_step >= run.total:
         return  # nothing left (the driver normally catches this before starting workers)
-    trainer.fit(total, report_every=tc.report_every, checkpoint_every=tc.checkpoint_every,
-                on_report=on_report, on_checkpoint=on_checkpoint, should_stop=budget_spent)
+    tc = cfg.training
+    trainer.fit(run.total, report_every=tc.report_every, checkpoint_every=tc.checkpoint_every,
+                on_report=run.on_report, on_checkpoint=run.on_checkpoint, should_stop=run.budget_spent)
+
+
+def _enter_driver_cwd(cwd: str | None) -> None:
+    """Train starts each worker in its own trial directory; relative data paths in the config
+    (mnist:../shared/data/mnist) mean the driver's directory, as they do for the driver's own
+    checks. Under `ray job submit --working-dir` that is the job's unpacked copy."""
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _worker_device(cfg: RunConfig, rank: int, local_world: int):
+    import ray.train.torch
+    import torch
+
+    tc = cfg.training
+    threads = tc.threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(threads)
+    if tc.use_gpu and not torch.cuda.is_available():
+        # Ray gave this worker a GPU, but torch cannot use it (a CPU-only wheel, a driver
+        # mismatch): training on the CPU instead would be silent and many times slower.
+        raise UserError(f"--use-gpu: rank {rank} on {socket.gethostname()} has no usable CUDA device (torch "
+                        f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); install a CUDA "
+                        "build of torch on the GPU nodes, or train without --use-gpu")
+    # (cuDNN autotuning is the loop's to set: training.cudnn_benchmark.)
+    return ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")
+
+
+def _load_worker_data(cfg: RunConfig) -> tuple[Any, Any]:
+    """(the dataset, the translation source images or None)."""
+    from ganaug.data import load_dataset
+    from ganaug.data.paired import is_paired_spec, load_pairs
+
+    d = cfg.data
+    source = None
+    if is_paired_spec(d.spec):  # real pairs: A is the spec's own other side, row-aligned
+        a_side, data = load_pairs(d.spec, d.resolution, d.channels, d.skip_bad)
+        source = a_side.images
+    else:
+        data = load_dataset(d.spec, d.resolution, d.channels, d.skip_bad)
+    if d.source_spec:
+        source = load_dataset(d.source_spec, d.resolution, d.channels, d.skip_bad).images
+    return data, source
+
+
+def _resume(trainer, run_uri: str, rank: int) -> str | None:
+    """Rank 0 decides which checkpoint, so every rank loads the same one. Returns its URI."""
+    from ray.train.collective import broadcast_from_rank_zero
+
+    from ganaug import checkpoint
+
+    resume_uri = checkpoint.latest_checkpoint(run_uri) if rank == 0 else None
+    resume_uri = broadcast_from_rank_zero(resume_uri)
+    if resume_uri:
+        trainer.load_state_dict(_load_resume_state(resume_uri))
+    return resume_uri
+
+
+def _rank_run(config: dict, trainer, rank: int, resume_uri: str | None, images, source) -> _RankRun:
+    """The callbacks' state: metrics.jsonl cut back to the resumed step (rank 0), the model.json base."""
+    import ray
+
+    cfg = trainer.cfg
+    run = _RankRun(trainer=trainer, rank=rank, run_uri=config["run_uri"], total=cfg.training.steps,
+                   meta_base=_meta_base(config, trainer), grid_inputs=None, resume_uri=resume_uri,
+                   start_step=trainer.step,
+                   node=f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}")
+    if run.meta_base["kind"] == "translation":
+        run.grid_inputs = _translation_inputs(cfg, images, source)
+    if rank == 0:
+        run.metrics_log = run_files.MetricsLog(run.run_uri)
+        run.metrics_log.resume(run.start_step)  # drop lines after the checkpoint we resume from
+        if run.metrics_log.last:
+            run.seconds0 = float(run.metrics_log.last.get("seconds") or 0.0)
+    return run
+
+
+def _meta_base(config: dict, trainer) -> dict:
+    cfg = trainer.cfg
+    meta = trainer.model_meta()
+    meta.update(config=cfg.to_dict(), config_digest=cfg.digest(), run=config.get("name"),
+                environment=environment.current(trainer.device.type))  # where these weights were trained
+    if config.get("native_size"):
+        meta["native_size"] = [int(v) for v in config["native_size"]]
+    return meta
+
+
+def _inject_step_faults(trainer, rank: int, world: int) -> None:
+    """Tests only: wrap train_step with the fault seam's "train.after_step" point."""
+    plain_step = trainer.train_step
+
+    def step_with_fault():
+        out = plain_step()
+        faults.maybe_crash("train.after_step", step=trainer.step, rank=rank, world_size=world)
+        return out
+
+    trainer.train_step = step_with_fault
