@@ -316,6 +316,8 @@ def choose_on_val(args, proto: Protocol, run: dict, pool_real, val_set, names, k
 
     n_pool = args.gan_per_class * len(names)
     ckpts = [uri for _, uri in checkpoint.list_checkpoints(run["run"])] or [run["checkpoint"]]
+    if args.val_checkpoints:  # the newest N only: each one costs len(FILTERS) x len(RATIOS) arms
+        ckpts = ckpts[-args.val_checkpoints:]
     base = None
     choices = []
     for ckpt in ckpts:
@@ -398,6 +400,8 @@ def parse_args(argv=None):
     p.add_argument("--kshot-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the k-shot GANs")
     p.add_argument("--kshot-only", action="store_true", help="skip the full-data run")
+    p.add_argument("--val-checkpoints", type=int, default=0,
+                   help="k-shot: try only the newest N kept checkpoints on the validation part (0 = all)")
     p.add_argument("--seeds", type=int, default=3, help="classifier seeds for CAS and the gain arms")
     p.add_argument("--cas-epochs", type=int, default=15)
     p.add_argument("--gain-steps", type=int, default=500)
@@ -476,7 +480,8 @@ def main(argv=None) -> dict:
         "cas_real_reference_set": proto.cas_real,
         "settings": {k: getattr(args, k) for k in ("minutes", "num", "seeds", "cas_epochs", "gain_steps",
                                                    "gan_per_class", "domain_epochs", "kshot", "kshot_minutes",
-                                                   "overrides", "kshot_set", "quick", "truncation")},
+                                                   "overrides", "kshot_set", "quick", "truncation",
+                                                   "val_checkpoints")},
         "families": results,
         "seconds": round(time.time() - t_start, 1),
         "load_average": os.getloadavg(),
