@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from ganaug import checkpoint, storage
+from ganaug.data.spec import SPEC_PREFIXES, parse_spec
 from ganaug.errors import UserError
 
-_DATASET_SCHEMES = ("builtin:", "mnist:", "imagefolder:", "parquet:")
 MANIFEST = "_manifest.json"
 
 
@@ -47,11 +47,11 @@ def _describe_generated(uri: str, allow_incomplete: bool) -> dict[str, Any]:
 
 
 def describe(uri: str, allow_incomplete: bool = False) -> dict[str, Any]:
-    if uri.startswith(_DATASET_SCHEMES):
+    if uri.startswith(SPEC_PREFIXES):
         from ganaug.data import dataset_summary
 
         if uri.startswith("parquet:"):
-            location = uri[len("parquet:"):].split("[")[0]
+            location = parse_spec(uri).location
             if storage.isdir(location) and not allow_incomplete and not storage.exists(storage.join(location, MANIFEST)) \
                     and any(n.startswith("part-") for n in storage.listdir(location)):
                 _describe_generated(location, allow_incomplete)  # raises the incomplete-set error
@@ -69,4 +69,4 @@ def describe(uri: str, allow_incomplete: bool = False) -> dict[str, Any]:
             checkpoint.load_meta(uri)
         raise UserError(f"{uri}: not a ganaug checkpoint, run or generated set")
     raise UserError(f"{uri}: not found (and not a dataset spec; specs start with "
-                    f"{', '.join(s for s in _DATASET_SCHEMES)})")
+                    f"{', '.join(s for s in SPEC_PREFIXES)})")

@@ -7,12 +7,21 @@ class UserError(Exception):
     """A problem with the user's input (flag, key, file, URI), not a bug in ganaug."""
 
 
-def first_line(exc: BaseException, limit: int | None = None) -> str:
+def first_line(exc: BaseException, limit: int | None = None, with_type: bool = False) -> str:
     """The first line of an exception's message (its class name when it has none), cut to
-    `limit` characters: what a one-line error shows of a library's multi-line text."""
+    `limit` characters: what a one-line error shows of a library's multi-line text.
+    `with_type` puts the class name in front ("ValueError: ..."), for errors that are bugs."""
     text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else ""
+    if with_type or not line:
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+def require(cond: bool, msg: str, error: type[UserError] = UserError) -> None:
+    """Raise `error(msg)` unless `cond`: the one-line input checks of the orchestrators."""
+    if not cond:
+        raise error(msg)
 
 
 def find_user_error(exc: BaseException) -> UserError | None:

@@ -33,18 +33,25 @@ import pyarrow as pa
 from ganaug import storage
 from ganaug.config import ConfigError, config_from_dict
 from ganaug.data import dataset_summary, load_dataset, open_reader, parse_spec
+from ganaug.data.spec import SPEC_PREFIXES
 from ganaug.data.images import BadImage, conform, decode_image
 from ganaug.errors import UserError
 from ganaug.evaluation_config import EvaluateConfig, EvaluateError
 from ganaug.evaluation_config import check as _check
 from ganaug.labels import PlanContext, parse_plan
-from ganaug.raycluster import cluster_cpus, cluster_gpus, ensure_ray, ordered_data_job, probe_environment
+from ganaug.raycluster import (
+    actor_cpu_share,
+    cluster_cpus,
+    cluster_gpus,
+    ensure_ray,
+    ordered_data_job,
+    probe_environment,
+)
 
 # torch-backed modules (metrics, sampling, checkpoint, training) are imported inside the
 # functions that use them: Ray Data's decode tasks import this module for _decode_batch and
 # should not pay for torch there.
 
-_DATASET_SCHEMES = ("builtin:", "mnist:", "imagefolder:", "parquet:")
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -105,7 +112,7 @@ def load_real(cfg: EvaluateConfig, resolution: int, channels: int) -> tuple[Arra
 def synthetic_spec(uri: str) -> str:
     """A generated-set URI or any dataset spec -> a dataset spec."""
     uri = uri.strip()
-    return uri if uri.startswith(_DATASET_SCHEMES) else f"parquet:{uri}"
+    return uri if uri.startswith(SPEC_PREFIXES) else f"parquet:{uri}"
 
 
 def uniform_labels(sampler, num: int) -> np.ndarray:
@@ -229,7 +236,7 @@ def parquet_features_ray(spec: str, make_extractor: Callable[[], Any], *, resolu
         probe_environment(True, echo=lambda line: print(f"evaluate: {line}", file=sys.stderr, flush=True))
         gpus = max(gpus, cluster_gpus())
     n = max(1, workers or (int(gpus) if use_gpu else max(1, int(cpus) - 1)))
-    actor_cpu = round(min(1.0, max(0.25, (cpus - 1.0) / n)), 3)
+    actor_cpu = actor_cpu_share(cpus, n, floor=0.25)
     remote: dict[str, Any] = {"num_cpus": actor_cpu}
     if use_gpu:
         remote["num_gpus"] = 1.0  # whole devices: the autoscaler provisions them

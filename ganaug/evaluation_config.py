@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ganaug.errors import UserError
+from ganaug.errors import UserError, require
 
 DEFAULT_RAY_THRESHOLD = 20_000
 DEFAULT_MAX_IMAGES = 20_000
@@ -22,8 +22,7 @@ class EvaluateError(UserError):
 
 
 def check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise EvaluateError(msg)
+    require(cond, msg, EvaluateError)
 
 
 def option(default: Any, help: str | None = None, flag: str | None = None) -> Any:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ganaug import checkpoint, environment, shards, storage
-from ganaug.errors import UserError
+from ganaug.errors import UserError, require
 from ganaug.labels import PlanContext, count_labels, parse_plan
 from ganaug.registry import Registry
 from ganaug.testing import faults
@@ -153,8 +153,7 @@ def candidates_drawn(seeds: np.ndarray, first_row: int, seed: int, total: int) -
 # ============================================================================= configs
 
 def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise GenerationError(msg)
+    require(cond, msg, GenerationError)
 
 
 def _check_common(out: str, rows_per_shard: int, fmt: str, workers: int | None) -> None:
@@ -481,7 +480,7 @@ def _verify_existing(out: str, ranges: list[tuple[int, int, int]], job: ShardJob
     return found
 
 
-class _Progress:
+class _RowProgressLine:
     """One progress line on stderr (rewritten in place on a terminal), throttled to 1/s."""
 
     def __init__(self, what: str, total_rows: int, done_rows: int, enabled: bool):
@@ -513,19 +512,14 @@ class _Progress:
 
 def _actor_resources(workers: int | None, n_missing: int, use_gpu: bool) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor) for the connected cluster."""
-    from ganaug.raycluster import cluster_cpus, cluster_gpus
+    from ganaug.raycluster import actor_cpu_share, cluster_cpus, cluster_gpus
 
     cpus, gpus = cluster_cpus(), cluster_gpus()
     # With --use-gpu each actor asks for one whole GPU: Ray (and an autoscaler starting GPU
     # nodes from zero) provisions them; fractions would pack every actor onto one device.
     default = max(1, int(gpus)) if use_gpu else max(1, int(cpus))
     n = max(1, min(workers or default, n_missing))
-    # Fractional CPUs: the pool never holds every CPU, so Ray Data's other tasks always find
-    # one (ARCHITECTURE.md §5: a pool holding every CPU starves them and the job hangs). Torch runs
-    # one thread per actor whatever this logical share is.
-    budget = max(cpus - 1.0, cpus / 2)
-    cpu = round(max(0.01, min(1.0, budget / n)), 3)
-    return n, cpu, (1.0 if use_gpu else 0.0)
+    return n, actor_cpu_share(cpus, n), (1.0 if use_gpu else 0.0)
 
 
 def _run_pipeline(actor_cls: type, job: ShardJob, items: list[dict], workers: int | None,
@@ -579,7 +573,7 @@ def _run_sharded(*, what: str, out: str, total: int, rows_per_shard: int, argume
         _check_environment(out, recorded if reused else None, env, allow_env_change, reused, len(ranges))
     storage.write_json(storage.join(out, shards.INTENT),
                        {"fingerprint": shards.fingerprint(arguments), "arguments": arguments, "environment": env})
-    bar = _Progress(what, total, sum(r["rows"] for r in results.values()), progress)
+    bar = _RowProgressLine(what, total, sum(r["rows"] for r in results.values()), progress)
     t1 = time.time()
     if missing:
         if reused and progress:

@@ -18,8 +18,8 @@ from ganaug.errors import UserError, find_user_error
 # inherits the driver's environment anyway; a remote cluster (RAY_ADDRESS) does not, so the
 # non-secret endpoint settings travel in the runtime_env. Credentials are NOT shipped:
 # a cluster gets them from its own instance roles / secrets.
-_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-                  "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS")
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                 "AWS_EC2_METADATA_DISABLED", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS")
 
 
 def _job_env_vars() -> dict:
@@ -53,7 +53,7 @@ def ensure_ray(**init_kwargs):
     # Under `ray job submit` the job's own runtime_env already applies to every worker, and
     # Ray refuses a ray.init runtime_env that sets any of the same keys: forward only the rest.
     job_env = _job_env_vars()
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k) and k not in job_env}
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k) and k not in job_env}
     kwargs = dict(init_kwargs)
     if env_vars and "runtime_env" not in kwargs:
         kwargs["runtime_env"] = {"env_vars": env_vars}
@@ -153,3 +153,12 @@ def ordered_data_job(error_cls: type[UserError]):
         raise
     finally:
         ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
+
+
+def actor_cpu_share(cpus: float, actors: int, floor: float = 0.01) -> float:
+    """CPUs each actor of a pool asks for, so that the pool never holds every CPU: Ray Data's
+    own read/write tasks must always find one (ARCHITECTURE.md §5: a pool holding every CPU
+    starves them and the job hangs). At most 1 CPU each; torch runs one thread per actor
+    whatever this logical share is."""
+    budget = max(cpus - 1.0, cpus / 2)
+    return round(max(floor, min(1.0, budget / max(1, actors))), 3)

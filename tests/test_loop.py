@@ -9,6 +9,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_run_config
 
 from ganaug.augment import AugmentPipe
 from ganaug.config import RunConfig
@@ -20,17 +21,7 @@ torch.set_num_threads(1)
 
 
 def tiny_cfg(family: str = "cgan", **training) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.family = family
-    cfg.model.width, cfg.model.max_width = 8, 32
-    for key, value in (("z_dim", 16), ("embed_dim", 8)):
-        if key in FAMILY_CONFIGS.get(family).keys:  # a key of another family is an error
-            setattr(cfg.model, key, value)
-    cfg.data.resolution, cfg.data.channels = 16, 1
-    cfg.training.batch_size = 8
-    for k, v in training.items():
-        setattr(cfg.training, k, v)
-    return cfg.validate()
+    return tiny_run_config(family, **training)
 
 
 def random_data(n=32, classes=10, seed=0):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import tiny_run_config
 
 from ganaug.config import RunConfig
-from ganaug.families import FAMILIES as FAMILY_CONFIGS
 from ganaug.models.registry import DataInfo, get_family
 from ganaug.training import GANTrainer
 
@@ -20,16 +20,7 @@ FAMILIES = ["dcgan", "cgan"]
 
 
 def tiny_cfg(family: str, resolution: int = 16, channels: int = 1, **training) -> RunConfig:
-    cfg = RunConfig()
-    cfg.model.family = family
-    cfg.model.width, cfg.model.max_width, cfg.model.z_dim = 8, 32, 16
-    if "embed_dim" in FAMILY_CONFIGS.get(family).keys:  # a key of another family is an error
-        cfg.model.embed_dim = 8
-    cfg.data.resolution, cfg.data.channels = resolution, channels
-    cfg.training.batch_size = 8
-    for k, v in training.items():
-        setattr(cfg.training, k, v)
-    return cfg.validate()
+    return tiny_run_config(family, resolution, channels, **training)
 
 
 def build(family: str, resolution: int, channels: int, num_classes: int = 10):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

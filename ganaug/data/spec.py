@@ -9,6 +9,8 @@ from ganaug import storage
 from ganaug.errors import UserError
 
 SCHEMES = ("builtin", "mnist", "imagefolder", "parquet", "paired", "sidebyside")
+# What a dataset spec starts with (a URI that does not is a path or URI, not a spec).
+SPEC_PREFIXES = tuple(f"{s}:" for s in SCHEMES)
 BUILTINS = ("digits",)
 SPEC_HELP = ("builtin:digits, mnist:DIR_OR_URI, imagefolder:DIR_OR_URI, parquet:URI, "
              "paired:A_DIR,B_DIR, sidebyside:DIR "

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ganaug.families import FAMILIES
 
 if TYPE_CHECKING:
-    from ganaug.config import ModelConfig, TrainingConfig
+    from ganaug.config import ModelConfig
 
 
 @dataclass

@@ -57,15 +57,16 @@ from typing import Any
 from ganaug import environment, storage
 from ganaug.config import RunConfig, config_from_dict
 from ganaug.data.spec import absolute_spec
-from ganaug.errors import UserError
+from ganaug.errors import UserError, first_line
+from ganaug.raycluster import FORWARDED_ENV, ensure_ray, require_shared_paths
 from ganaug.testing import faults
 from ganaug.training import run_files
 
-# Non-secret settings the workers need to reach the same storage as the driver. Credentials
-# are never put here: Train exports worker_runtime_env to its state API / dashboard. A
-# local Ray inherits the driver's environment; a cluster has its own credentials.
-_WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-               "AWS_EC2_METADATA_DISABLED", *faults.WORKER_ENV)
+# Non-secret settings the workers need to reach the same storage as the driver (the same list a
+# job's tasks get, raycluster.FORWARDED_ENV), and the tests' fault switches. Credentials are
+# never put here: Train exports worker_runtime_env to its state API / dashboard. A local Ray
+# inherits the driver's environment; a cluster has its own credentials.
+_WORKER_ENV = (*FORWARDED_ENV, *faults.WORKER_ENV)
 
 # How often the Train controller polls workers for reports. Ray's default is 2 s, and a
 # worker blocks in ray.train.report until its previous report was collected, so this bounds
@@ -107,11 +108,8 @@ class RunPlan:
         return self.cfg.training.batch_size * self.workers
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    out = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+def _first_line(exc: BaseException) -> str:
+    return first_line(exc, limit=200, with_type=True)
 
 
 def _diff_sections(old: dict, new: dict, sections=("model", "data")) -> list[str]:
@@ -270,7 +268,7 @@ def _progress_classes():
     return _ProgressSink, _ProgressCallback
 
 
-class _Progress:
+class _ReportWatcher:
     """Driver thread: drain the sink, print one line per report, remember what it saw."""
 
     def __init__(self, sink, plan: RunPlan, echo: Callable[[str], None] | None):
@@ -284,7 +282,7 @@ class _Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ganaug-progress", daemon=True)
 
-    def start(self) -> _Progress:
+    def start(self) -> _ReportWatcher:
         self._thread.start()
         return self
 
@@ -388,7 +386,7 @@ def _no_raylet_echo():
         ray_worker._worker_logs_enabled = before
 
 
-def summarize(plan: RunPlan, progress: _Progress | None = None, wall_seconds: float | None = None) -> dict:
+def summarize(plan: RunPlan, progress: _ReportWatcher | None = None, wall_seconds: float | None = None) -> dict:
     """The final JSON: where the run and its newest checkpoint are, and what it did."""
     from ganaug import checkpoint
 
@@ -480,7 +478,6 @@ def _nothing_to_do(plan: RunPlan) -> str | None:
 
 
 def _connect_ray(plan: RunPlan, shared_fs: bool):
-    from ganaug.raycluster import ensure_ray, require_shared_paths
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _POLL_INTERVAL_S)
     ray = ensure_ray(log_to_driver=False, logging_level=logging.WARNING)
@@ -546,9 +543,9 @@ def _start_line(plan: RunPlan) -> str:
             f"{plan.total_steps} steps{budget}, {start}; run {run_files.redact(plan.run_uri)}")
 
 
-def _fit(ray, trainer, sink, plan: RunPlan, echo: Callable[[str], None] | None) -> _Progress:
+def _fit(ray, trainer, sink, plan: RunPlan, echo: Callable[[str], None] | None) -> _ReportWatcher:
     """trainer.fit() with the progress thread draining `sink`; TrainingFailed once workers keep failing."""
-    progress = _Progress(sink, plan, echo).start()
+    progress = _ReportWatcher(sink, plan, echo).start()
     try:
         with _no_raylet_echo():
             trainer.fit()
