@@ -56,7 +56,7 @@ def ray_images_per_s(cfg, workers: int, threads: int, warmup: int, steps: int, r
                          threads_per_worker=threads, num_workers=workers)
     run_cfg = config_from_dict(d)
     t0 = time.perf_counter()
-    summary = run_training(run_cfg, workers=workers, storage=root, name=name, echo=None)
+    summary = run_training(run_cfg, workers=workers, storage_root=root, name=name, echo=None)
     wall = time.perf_counter() - t0
     lines = run_files.read_metrics(summary["run"])
     first, last = lines[0], lines[-1]  # first = end of the warmup window

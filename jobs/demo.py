@@ -105,7 +105,7 @@ def step_train(cfg: DemoConfig) -> dict:
     from ganaug.training.worker import run_training
 
     run_cfg = load_config(cfg.preset, cfg.train_overrides)
-    return run_training(run_cfg, workers=cfg.workers, storage=f"{cfg.store}/runs", name=cfg.name, echo=_say)
+    return run_training(run_cfg, workers=cfg.workers, storage_root=f"{cfg.store}/runs", name=cfg.name, echo=_say)
 
 
 def step_generate(cfg: DemoConfig, checkpoint: str) -> dict:

@@ -100,3 +100,15 @@ def cli_error(capsys):
 
 # One Ray per session (ARCHITECTURE.md §5: startup costs); defined in ray_fixtures.py.
 from ray_fixtures import ray_session  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on small shared machines: more torch threads only add contention. A module
+    opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

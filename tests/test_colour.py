@@ -174,7 +174,7 @@ def test_max_minutes_under_ray_train_two_workers(ray_session, tmp_path):  # noqa
 
     store = str(tmp_path / "store")
     cfg = _tiny_run_cfg("training.max_minutes=0.002")  # 0.12 s: spent by the first report
-    summary = run_training(cfg, workers=2, storage=store, name="budget", echo=None)
+    summary = run_training(cfg, workers=2, storage_root=store, name="budget", echo=None)
     step = summary["step"]
     assert 4 <= step < 400 and step % 4 == 0, summary
     assert summary["stopped_by"] == "max_minutes" and not summary["complete"]
@@ -185,7 +185,7 @@ def test_max_minutes_under_ray_train_two_workers(ray_session, tmp_path):  # noqa
     assert meta["step"] == step and meta["native_size"] == [8, 8]  # builtin:digits are 8x8
     assert run_files.read_metrics(summary["run"])[-1]["step"] == step
     # The same budget again: nothing to do, no worker started.
-    again = run_training(cfg, workers=2, storage=store, name="budget", echo=None)
+    again = run_training(cfg, workers=2, storage_root=store, name="budget", echo=None)
     assert again["step"] == step and again["stopped_by"] == "max_minutes" and "reports" not in again
     # generate --size native writes the set at the data's own size, byte-identical across actor counts.
     from ganaug import storage

@@ -46,13 +46,7 @@ N, R = 2000, 500
 CLASSES = [f"c{i}" for i in range(10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on small shared machines: more torch threads only add contention.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_tiny(folder: Path, family: str, num_classes: int) -> str:

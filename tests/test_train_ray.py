@@ -148,7 +148,7 @@ def test_two_workers_on_s3_survive_a_worker_crash(s3, ray_session, tmp_path, mon
     monkeypatch.setenv("GANAUG_TEST_CRASH_MARKER", str(marker))
     root = s3.new_prefix("train")
     lines: list[str] = []
-    summary = run_training(tiny_cfg(24), workers=2, storage=root, name="crashy", echo=lines.append)
+    summary = run_training(tiny_cfg(24), workers=2, storage_root=root, name="crashy", echo=lines.append)
 
     assert marker.exists(), "the fault was not injected"
     assert summary["run"] == f"{root}/crashy" and summary["restarts"] == 1
@@ -178,7 +178,7 @@ def test_failures_beyond_max_failures_end_with_one_line(ray_session, tmp_path, m
     monkeypatch.delenv("GANAUG_TEST_CRASH_MARKER", raising=False)
     lines: list[str] = []
     with pytest.raises(TrainingFailed) as info:
-        run_training(tiny_cfg(8, "training.max_failures=0"), workers=1, storage=str(tmp_path), name="doomed",
+        run_training(tiny_cfg(8, "training.max_failures=0"), workers=1, storage_root=str(tmp_path), name="doomed",
                      echo=lines.append)
     msg = str(info.value)
     assert msg.startswith("training failed after 1 worker failure(s) (max_failures=0): rank 0: ")
@@ -237,16 +237,16 @@ def test_killed_driver_resumes_on_rerun(ray_session, tmp_path):  # noqa: F811
     # A new name in the same storage would start from zero (the same lookup the workers do).
     assert prepare_run(tiny_cfg(8), storage_root=root, name="other").resume_uri is None
 
-    summary = run_training(tiny_cfg(done + 8), workers=2, storage=root, name="killed", echo=None)
+    summary = run_training(tiny_cfg(done + 8), workers=2, storage_root=root, name="killed", echo=None)
     assert summary["resumed_from"] == done and summary["restarts"] == 0
     check_complete_run(summary, done + 8, workers=2)  # metrics 4, 8, ... continue past the kill
 
     # Same name, same steps: nothing to do (no Ray run); a different model is refused.
     lines: list[str] = []
-    same = run_training(tiny_cfg(done + 8), workers=2, storage=root, name="killed", echo=lines.append)
+    same = run_training(tiny_cfg(done + 8), workers=2, storage_root=root, name="killed", echo=lines.append)
     assert same["step"] == done + 8 and "nothing to do" in lines[0]
     with pytest.raises(UserError, match="model.width"):
-        run_training(tiny_cfg(done + 16, "model.width=16"), workers=2, storage=root, name="killed", echo=None)
+        run_training(tiny_cfg(done + 16, "model.width=16"), workers=2, storage_root=root, name="killed", echo=None)
 
 
 MULTINODE = textwrap.dedent("""
@@ -272,10 +272,10 @@ MULTINODE = textwrap.dedent("""
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
-        out = {"train_refused": refusal(lambda: run_training(cfg, workers=2, storage=sys.argv[3], name="multi",
+        out = {"train_refused": refusal(lambda: run_training(cfg, workers=2, storage_root=sys.argv[3], name="multi",
                                                              echo=None))}
         cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
-        summary = run_training(cfg, workers=2, storage=sys.argv[3], name="multi", echo=None, shared_fs=True)
+        summary = run_training(cfg, workers=2, storage_root=sys.argv[3], name="multi", echo=None, shared_fs=True)
         out["summary"] = summary
         gen = dict(checkpoint=summary["checkpoint"], num=40, rows_per_shard=20, workers=2)
         out["generate_refused"] = refusal(lambda: run_generate(GenerateConfig(out="set", **gen), progress=False))

@@ -20,13 +20,7 @@ from ganaug.models.registry import DataInfo, get_family
 FAMILIES = ["pix2pix", "cyclegan"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads():
-    # The test machines are small and shared; tiny models gain nothing from more threads.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(family: str, **kw) -> ModelConfig:

@@ -433,7 +433,7 @@ def summarize(plan: RunPlan, progress: _ReportWatcher | None = None, wall_second
 
 
 def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None = None,
-                 storage: str | None = None, name: str | None = None, *,
+                 storage_root: str | None = None, name: str | None = None, *,
                  echo: Callable[[str], None] | None = print, plan: RunPlan | None = None,
                  shared_fs: bool = False) -> dict:
     """Train `cfg` on Ray Train and return the summary dict (the CLI's last JSON line).
@@ -445,7 +445,7 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     """
     t0 = time.perf_counter()
     # 1. Check the input and plan the run (no Ray); a finished run or a spent budget stops here.
-    plan = plan or prepare_run(cfg, workers, use_gpu, storage, name)
+    plan = plan or prepare_run(cfg, workers, use_gpu, storage_root, name)
     done = _nothing_to_do(plan)
     if done is not None:
         if echo:
