@@ -284,8 +284,9 @@ def _add_model_routes(app: FastAPI, ingress: "GanaugAPI", auth: list) -> None:
             raise bad("model", f"model {model_id!r} translates images: POST /v1/models/{model_id}/translate")
         req = req or SampleRequest()
         seed, n, labels = resolve_labels(req, info, lim["max_n"])
-        ans = await ingress.call(model_id, "sample", seed, n, labels, float(req.truncation))
-        return sample_answer(model_id, info, req, seed, labels, ans)
+        size = resolve_size(req.size, info)
+        ans = await ingress.call(model_id, "sample", seed, n, labels, float(req.truncation), size)
+        return sample_answer(model_id, info, req, seed, labels, ans, size)
 
     @app.post("/v1/models/{model_id}/translate", response_class=Response, dependencies=auth,
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
@@ -313,7 +314,23 @@ def _add_stats_routes(app: FastAPI, ingress: "GanaugAPI", auth: list) -> None:
         return {"reset": True}
 
 
-def sample_answer(model_id: str, info: dict, req, seed: int, labels: list[int] | None, ans: dict) -> dict:
+def resolve_size(text: str | None, info: dict) -> tuple[int, int] | None:
+    """The request's 'size' -> (H, W), or None for the model's own resolution; 422 naming 'size'."""
+    if text is None:
+        return None
+    if text == "native":
+        if not info.get("native_size"):
+            raise bad("size", f"size native: model {info['id']!r} does not record its training data's size "
+                              "(trained before ganaug recorded native_size); give the size as HxW")
+        return int(info["native_size"][0]), int(info["native_size"][1])
+    h, w = (int(v) for v in text.split("x"))
+    if not (h <= schemas.MAX_SERVED_SIDE and w <= schemas.MAX_SERVED_SIDE):
+        raise bad("size", f"size {text}: each side must be in 1..{schemas.MAX_SERVED_SIDE}", schemas.MAX_SERVED_SIDE)
+    return h, w
+
+
+def sample_answer(model_id: str, info: dict, req, seed: int, labels: list[int] | None, ans: dict,
+                  size: tuple[int, int] | None = None) -> dict:
     """The pool's images -> the SampleResponse body: image j has seed + j and its label's class name."""
     names = info["class_names"]
     images = []
@@ -321,8 +338,9 @@ def sample_answer(model_id: str, info: dict, req, seed: int, labels: list[int] |
         label = labels[j] if labels is not None else -1
         images.append({"seed": seed + j, "label": label, "data": data,
                        "class_name": names[label] if 0 <= label < len(names) else ""})
+    side = [info["resolution"], info["resolution"]] if size is None else list(size)
     return {"model": model_id, "generator": ans["generator"], "truncation": float(req.truncation),
-            "format": "png", "images": images}
+            "format": "png", "size": side, "images": images}
 
 
 async def upload_bytes(request: Request, image: UploadFile | None, lim: dict) -> bytes:

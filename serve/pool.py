@@ -29,27 +29,13 @@ import numpy as np
 from ray import serve
 
 from ganaug.errors import UserError
+from ganaug.imagecodec import encode_png  # the shards' encoder: served bytes equal shard bytes
 
 logger = logging.getLogger("ray.serve")
 
 # Batches run at once: one forward, plus one whose model is still loading (cold), so a cold
 # load does not hold up the models already loaded.
 MAX_CONCURRENT_BATCHES = 2
-
-
-def _pick_encoder():
-    """The PNG encoder of bulk generation (ganaug.shards), so served bytes equal shard bytes."""
-    try:
-        from ganaug import shards
-
-        return shards.get_encoder("png").encode_one
-    except (ImportError, AttributeError):  # a checkout without shards.py: same PIL defaults
-        from ganaug.sampling import png_bytes
-
-        return lambda image: png_bytes(image, upscale=1)
-
-
-encode_png = _pick_encoder()
 
 
 def b64_pngs(images: np.ndarray) -> list[str]:
@@ -140,13 +126,16 @@ class GeneratorPool:
 
     # -- public methods, called through the ingress's handle (multiplexed_model_id set) --
 
-    async def sample(self, seed: int, n: int, labels: list[int] | None, truncation: float) -> dict:
-        """-> {"generator", "images": base64 PNGs}; image j from seed + j, labels[j]."""
+    async def sample(self, seed: int, n: int, labels: list[int] | None, truncation: float,
+                     size: tuple[int, int] | None = None) -> dict:
+        """-> {"generator", "images": base64 PNGs}; image j from seed + j, labels[j], resized to
+        `size` (H, W) as `ganaug generate --size` does (None: the model's resolution)."""
         mid = serve.get_multiplexed_model_id()
         step = self._max_batch_size
+        size = None if size is None else (int(size[0]), int(size[1]))
         parts = await asyncio.gather(*(
             self._sample_batch((mid, float(truncation), seed + s, None if labels is None else labels[s:s + step],
-                                min(step, n - s)))
+                                size, min(step, n - s)))
             for s in range(0, n, step)))
         return {"generator": parts[0][1], "images": [d for p in parts for d in p[0]]}
 
@@ -181,6 +170,8 @@ class GeneratorPool:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=MAX_CONCURRENT_BATCHES,
                  batch_size_fn=_images_in)
     async def _sample_batch(self, jobs: list[tuple]) -> list:
+        from ganaug.sampling import resize_images  # torch-backed, like Sampler: loaded in replicas only
+
         mid = jobs[0][0]
         sampler = await self._sampler(mid)
         out: list = [None] * len(jobs)
@@ -191,17 +182,18 @@ class GeneratorPool:
             seeds: list[int] = []
             labels: list[int] | None = [] if sampler.conditional else None
             for i in idx:
-                _, _, seed, labs, n = jobs[i]
+                _, _, seed, labs, _, n = jobs[i]
                 seeds.extend(range(seed, seed + n))
                 if labels is not None:
                     labels.extend(labs)
             images = sampler.generate(seeds, labels, trunc)   # on the loop: see the module doc
-            datas = b64_pngs(images)
             self._batches.append(("sample", mid, len(idx), len(seeds)))
             start = 0
             for i in idx:
-                n = jobs[i][4]
-                out[i] = (datas[start:start + n], sampler.checkpoint_id)
+                size, n = jobs[i][4], jobs[i][5]
+                # Each image is resized on its own (resize_images), so a job's bytes do not
+                # depend on the other jobs of its batch.
+                out[i] = (b64_pngs(resize_images(images[start:start + n], size)), sampler.checkpoint_id)
                 start += n
         return out
 

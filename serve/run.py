@@ -55,6 +55,7 @@ def describe_models(models: dict[str, str]) -> tuple[dict[str, dict], dict[str, 
             "resolution": int(meta["resolution"]), "channels": int(meta["channels"]),
             "num_classes": num_classes, "class_names": list(meta.get("class_names", [])),
             "conditional": kind == "noise" and num_classes > 0, "step": meta.get("step"),
+            "native_size": [int(v) for v in meta["native_size"]] if meta.get("native_size") else None,
         }
         uris[mid] = ckpt
     return catalog, uris

@@ -12,7 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model
 
 MAX_SEED = 2**63 - 1
-SAMPLE_FIELDS = ("n", "labels", "label", "seed", "truncation", "format")
+SAMPLE_FIELDS = ("n", "labels", "label", "seed", "truncation", "format", "size")
+# A served image is at most this many pixels a side (`ganaug generate --size` allows more):
+# n images of 512 x 512 x 3 already make a large answer.
+MAX_SERVED_SIDE = 512
+SIZE_PATTERN = r"^(native|[1-9][0-9]{0,3}x[1-9][0-9]{0,3})$"
 
 # The rule for a conditional model asked for images without a label; shown in the schema.
 UNIFORM_RULE = ("A class-conditional model given neither 'label' nor 'labels' uses uniform labels: "
@@ -35,6 +39,11 @@ def sample_request_model(max_n: int, min_truncation: float, max_truncation: floa
         truncation=(StrictFloat | StrictInt, Field(1.0, ge=min_truncation, le=max_truncation, allow_inf_nan=False,
                                                    description=f"latent truncation in [{min_truncation}, {max_truncation}]")),
         format=(Literal["png"], Field("png", description="image encoding")),
+        size=(str | None, Field(None, pattern=SIZE_PATTERN, max_length=9,
+                                description=f"resize every image to HxW (antialiased, the bytes of `ganaug generate "
+                                            f"--size HxW`; each side 1..{MAX_SERVED_SIDE}), or 'native': the "
+                                            "training data's size (the model's native_size); default: the "
+                                            "model's resolution")),
     )
 
 
@@ -48,6 +57,7 @@ class ModelInfo(BaseModel):
     class_names: list[str]
     conditional: bool
     step: int | None = None
+    native_size: list[int] | None = Field(None, description="[H, W] of the training data ('size': 'native')")
 
 
 class ModelList(BaseModel):
@@ -66,6 +76,7 @@ class SampleResponse(BaseModel):
     generator: str = Field(description="checkpoint id of the weights that made the images")
     truncation: float
     format: Literal["png"]
+    size: list[int] = Field(description="[H, W] of every image")
     images: list[SampledImage]
 
 

@@ -26,6 +26,7 @@ TOKEN_ENV = "SERVE_TEST_API_TOKEN"
 os.environ.setdefault(TOKEN_ENV, TOKEN)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RES, CH, K = 16, 1, 10
+NATIVE = (12, 14)  # the cgan checkpoint's recorded native_size (H, W)
 LIMITS = {"max_n": 32, "max_body_bytes": 2048, "max_upload_bytes": 8192, "max_upload_pixels": 256 * 256,
           "min_truncation": 0.0, "max_truncation": 2.0}
 # ----------------------------------------------------------------------------- fixtures
@@ -51,7 +52,9 @@ def make_checkpoint(uri: str, family: str, seed: int = 0, width: int = 8) -> str
     G = fam.build_generator(kwargs)
     checkpoint.save_checkpoint(uri, generator_ema=G, meta={
         "family": family, "kind": fam.kind, "generator_kwargs": kwargs, "resolution": RES, "channels": CH,
-        "num_classes": k, "class_names": data.class_names})
+        "num_classes": k, "class_names": data.class_names,
+        # The cgan says what size its training data had ('size': 'native'); the dcgan does not.
+        **({"native_size": list(NATIVE)} if family == "cgan" else {})})
     return uri
 
 

@@ -71,6 +71,34 @@ def test_samples_are_byte_identical_to_the_sampler(service, samplers):
     assert _b64s(ans) == [_png(im) for im in samplers["dcgan"].generate([0, 1, 2], None, 1.0)]
 
 
+def test_size_per_request_equals_generate_size(service, samplers):
+    """'size' resizes each image as `ganaug generate --size` does: the same antialiased resize
+    of the same rows, so the same bytes; 'native' is the model's recorded native_size."""
+    from PIL import Image
+
+    from ganaug import shards
+    from ganaug.generation import generate_rows
+    from ganaug.sampling import resize_images
+    from serve_fixtures import NATIVE
+
+    labels = [1, 2, 3]
+    rows, _, _ = generate_rows(samplers["cgan"], np.arange(3), np.asarray(labels), 7, 1.0, 3)
+    encode = shards.get_encoder("png").encode_one
+    for size, hw in (("24x20", (24, 20)), ("native", NATIVE)):
+        r = service.post("/v1/models/cgan/samples", headers=AUTH, json={"n": 3, "labels": labels, "seed": 7, "size": size})
+        assert r.status_code == 200, r.text
+        assert r.json()["size"] == list(hw)
+        assert _b64s(r.json()) == [encode(im) for im in resize_images(rows, hw)]
+        with Image.open(io.BytesIO(_b64s(r.json())[0])) as im:
+            assert im.size == (hw[1], hw[0])  # PIL: (width, height)
+    # Without 'size' the model's own resolution, and the answer says so.
+    assert service.post("/v1/models/cgan/samples", headers=AUTH, json={"n": 1}).json()["size"] == [RES, RES]
+    for body, needle in (({"size": "native"}, "does not record"), ({"size": "600x600"}, "1..512"),
+                         ({"size": "big"}, "size")):
+        r = service.post("/v1/models/dcgan/samples", headers=AUTH, json={"n": 1, **body})
+        assert r.status_code == 422 and r.json()["field"] == "size" and needle in r.json()["detail"], r.text
+
+
 def test_translate_raw_and_multipart(service, samplers):
     from ganaug.data.images import conform
 
