@@ -149,27 +149,9 @@ def write_subset(images: np.ndarray, labels: np.ndarray, class_names: list[str],
 def sample_native(ckpt: str, num: int, seed: int, truncation: float, native: int,
                   filter_spec: str = "") -> tuple[tuple[np.ndarray, np.ndarray], dict]:
     """Rows 0..num-1 of `ganaug generate --labels uniform --seed SEED [--filter F] --size native`."""
-    from ganaug.evaluation import sample_balanced, uniform_labels
-    from ganaug.generation import candidates_drawn, generate_rows, parse_filter
-    from ganaug.sampling import Sampler, resize_images
+    from ganaug.metrics.selection import sample_pool
 
-    sampler = Sampler.from_checkpoint(ckpt, device="cpu")
-    if not filter_spec:
-        images, labels = sample_balanced(sampler, num, seed, truncation)
-        return (resize_images(images, (native, native)), labels), {}
-    entry, arg = parse_filter(filter_spec, sampler)
-    image_filter = entry.build(arg, sampler)
-    labels = uniform_labels(sampler, num)
-    images = np.empty((num, sampler.resolution, sampler.resolution, sampler.channels), np.uint8)
-    candidates = fallback = 0
-    for a in range(0, num, 1024):
-        rows = np.arange(a, min(a + 1024, num))
-        images[rows], seeds, fb = generate_rows(sampler, rows, labels[rows], seed, truncation, num, image_filter)
-        candidates += candidates_drawn(seeds, a, seed, num)
-        fallback += fb
-    info = {"filter": filter_spec, "candidates": candidates,
-            "rejection_rate": round(1 - num / max(candidates, 1), 4), "fallback_rows": fallback}
-    return (resize_images(images, (native, native)), labels), info
+    return sample_pool(ckpt, num, seed=seed, truncation=truncation, size=(native, native), filter_spec=filter_spec)
 
 
 def ema_bn_check(ckpt: str, judge: "Judge", args, native: int) -> dict:
@@ -311,25 +293,24 @@ def gain(pool_real, test, pool, class_names, k: int, ratio: float | None, args, 
 def choose_on_val(args, proto: Protocol, run: dict, pool_real, val_set, names, k: int) -> list[dict]:
     """Try every kept checkpoint x filter x ratio on the validation part; the held-out split is
     not read here. Only the arm a choice changes is retrained: real+classic+gan, each seed paired
-    with the one real+classic baseline on the same subset and init seed."""
+    with the one real+classic baseline on the same subset and init seed (ganaug.metrics.selection,
+    the code `ganaug tune` scores its trials with)."""
     from ganaug import checkpoint
+    from ganaug.metrics.selection import GainSplit
 
     n_pool = args.gan_per_class * len(names)
     ckpts = [uri for _, uri in checkpoint.list_checkpoints(run["run"])] or [run["checkpoint"]]
     if args.val_checkpoints:  # the newest N only: each one costs len(FILTERS) x len(RATIOS) arms
         ckpts = ckpts[-args.val_checkpoints:]
-    base = None
+    split = GainSplit(pool_real, val_set, names, k, seeds=list(range(args.seeds)), steps=args.gain_steps,
+                      gan_per_class=args.gan_per_class, subset_seed=0, hflip=proto.hflip, device="cpu")
+    base = split.baseline()
     choices = []
     for ckpt in ckpts:
         for flt in FILTERS:
             pool, finfo = sample_native(ckpt, n_pool, 0, args.truncation, proto.native, flt)
-            if base is None:
-                base = gain(pool_real, val_set, pool, names, k, None, args, proto.hflip, arms=("real+classic",))
-                base = base.ks[0].arms["real+classic"].accuracies
             for ratio in RATIOS:
-                r = gain(pool_real, val_set, pool, names, k, ratio, args, proto.hflip, arms=("real+classic+gan",))
-                accs = r.ks[0].arms["real+classic+gan"].accuracies
-                diff = float(np.mean(np.subtract(accs, base)))
+                diff = split.gain(pool, ratio, base).mean
                 choices.append({"checkpoint": ckpt, "filter": flt, "real_fraction": ratio,
                                 "gan_over_classic": round(diff, 4), "filter_info": finfo})
                 log(f"k={k} val: {Path(ckpt).name} filter {flt or 'none'} ratio {ratio}: gan_over_classic {diff:+.4f}")

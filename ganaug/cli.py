@@ -246,6 +246,31 @@ def train(config: str, overrides: tuple[str, ...], workers: int | None, use_gpu:
     emit_json(summary)
 
 
+# -------------------------------------------------------------------------------- classify
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set data.ratio=0.5 (repeatable).")
+@click.option("--storage", "storage_root", default=None, help="Storage root URI (default: storage.root).")
+@click.option("--name", default=None, help="Job name (default: the config file's stem). Same name = resume.")
+@click.option("--shared-fs", is_flag=True,
+              help="A plain --storage path is a filesystem shared by every node: allow it on a multi-node cluster.")
+def classify(config: str, overrides: tuple[str, ...], storage_root: str | None, name: str | None,
+             shared_fs: bool) -> None:
+    """Train a classifier on Ray Train over real (or real + synthetic) rows; held-out accuracy per
+    class goes to STORAGE/classify/NAME/report.json."""
+    from pathlib import Path
+
+    from ganaug.classify import load_classify_config
+    from ganaug.classify_job import run_classify
+
+    cfg = load_classify_config(config, list(overrides))
+    report = run_classify(cfg, name or Path(config).stem, storage_root,
+                          echo=lambda line: click.echo(line, err=True), shared_fs=shared_fs)
+    emit_json({k: v for k, v in report.items() if k != "config"})
+
+
 # -------------------------------------------------------------------------------- evaluate
 
 @cli.command("evaluate")
@@ -255,6 +280,35 @@ def evaluate_cmd(**fields: Any) -> None:
     from ganaug.evaluation import run_evaluate
 
     emit_json(run_evaluate(EvaluateConfig(**fields), echo=lambda line: click.echo(line, err=True)))
+
+
+# ------------------------------------------------------------------------------------ tune
+
+@cli.command("tune")
+@click.argument("sweep", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A model./data./training./storage. key: fixed for every trial over the base config; any other "
+                   "key: the sweep file's, e.g. num_samples=4 or scheduler.max_steps=400 (repeatable).")
+@click.option("--storage", "storage_root", default=None,
+              help="Storage root URI (default: the base config's storage.root): runs go to STORAGE/runs/NAME-tNN, "
+                   "the sweep's files to STORAGE/sweeps/NAME.")
+@click.option("--name", default=None, help="Sweep name (default: the sweep file's stem). Same name = resume.")
+@click.option("--shared-fs", is_flag=True,
+              help="A plain --storage path is a filesystem shared by every node (NFS...): allow it on a multi-node cluster.")
+def tune_cmd(sweep: str, overrides: tuple[str, ...], storage_root: str | None, name: str | None,
+             shared_fs: bool) -> None:
+    """Search GAN and mixing settings with Ray Tune (ASHA) for the augmentation gain on a validation split."""
+    from ganaug.sweep import load_sweep
+    from ganaug.tuning import SweepFailed, run_sweep
+
+    # The sweep file, its space and data are all checked before Ray starts.
+    plan = load_sweep(sweep, list(overrides), storage_root=storage_root, name=name)
+    try:
+        best = run_sweep(plan, echo=lambda line: click.echo(line, err=True), shared_fs=shared_fs)
+    except SweepFailed as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    emit_json(best)
 
 
 def quiet_ray_defaults() -> None:

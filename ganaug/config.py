@@ -334,6 +334,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """A mapping -> the nested dataclass `cls`, with this module's checks (unknown keys with a
+    "did you mean", values coerced to each field's type, errors naming the dotted key): the
+    one YAML -> typed config mapper, shared by every config ganaug reads."""
+    return _build(cls, data, prefix)
+
+
 def config_from_dict(data: dict) -> RunConfig:
     return _build(RunConfig, data, "").validate()
 

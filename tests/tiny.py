@@ -18,3 +18,22 @@ def tiny_run_config(family: str = "cgan", resolution: int = 16, channels: int = 
     for k, v in training.items():
         setattr(cfg.training, k, v)
     return cfg.validate()
+
+
+def tiny_cgan_checkpoint(folder, class_names: list[str], resolution: int = 16, channels: int = 1) -> str:
+    """An untrained tiny cgan checkpoint (seeded) with the given class names, at `folder`."""
+    import torch
+
+    from ganaug import checkpoint
+    from ganaug.config import ModelConfig
+    from ganaug.models.registry import DataInfo, get_family
+
+    fam = get_family("cgan")
+    data = DataInfo(resolution, channels, len(class_names), list(class_names))
+    kwargs = fam.generator_kwargs(ModelConfig(family="cgan", width=8, z_dim=16, max_width=32, embed_dim=8), data)
+    torch.manual_seed(0)
+    uri = str(folder)
+    checkpoint.save_checkpoint(uri, generator_ema=fam.build_generator(kwargs), meta={
+        "family": "cgan", "kind": fam.kind, "generator_kwargs": kwargs, "resolution": resolution,
+        "channels": channels, "num_classes": len(class_names), "class_names": list(class_names)})
+    return uri

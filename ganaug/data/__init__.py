@@ -15,6 +15,18 @@ from ganaug.data.loader import (
 )
 from ganaug.data.spec import SCHEMES, DatasetError, DatasetSpec, parse_spec
 
+
+
+def __getattr__(name: str):
+    # mixed_dataset is Ray glue (ganaug/mixed.py): imported only when asked for, so reading
+    # datasets never imports Ray.
+    if name == "mixed_dataset":
+        from ganaug.mixed import mixed_dataset
+
+        return mixed_dataset
+    raise AttributeError(f"module 'ganaug.data' has no attribute {name!r}")
+
+
 __all__ = [
     "SCHEMES",
     "DatasetError",
@@ -25,6 +37,7 @@ __all__ = [
     "iter_dataset",
     "label_histogram",
     "load_dataset",
+    "mixed_dataset",
     "open_reader",
     "parse_spec",
 ]

@@ -103,6 +103,19 @@ def _iter(text: str, parsed: DatasetSpec, reader: Reader, batch_rows: int, resol
             yield _convert(raw, text, names, resolution, channels, skip_bad)
 
 
+def read_span(spec: str, parsed: DatasetSpec, reader: Reader, start: int, stop: int, resolution=None,
+              channels=None, skip_bad: bool = False) -> ImageSet:
+    """Rows [start, stop) of the spec's own rows (after its class filter and slice) from an
+    already open reader: how a long-lived actor reads many spans without reopening the dataset."""
+    with _storage_errors(spec):
+        lo, hi = parsed.bounds(reader.num_rows())
+        a, b = min(lo + start, hi), min(lo + stop, hi)
+        names = reader.class_names()
+        parts = [_convert(raw, spec, names, resolution, channels, skip_bad)
+                 for raw in reader.iter_raw(a, b, max(1, b - a))]
+    return _concat(parts, spec, names, resolution, channels)
+
+
 def iter_dataset(spec: str, batch_rows: int = 1024, resolution: int | None = None,
                  channels: int | None = None, skip_bad: bool = False,
                  allow_incomplete: bool = False) -> Iterator[ImageSet]:

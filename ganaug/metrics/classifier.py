@@ -100,7 +100,7 @@ def classic_augmentation(channels: int, *, hflip: bool = False) -> v2.Transform:
     return v2.Compose(ops)
 
 
-def _augment_batch(transform: v2.Transform, x: torch.Tensor) -> torch.Tensor:
+def augment_batch(transform: v2.Transform, x: torch.Tensor) -> torch.Tensor:
     # v2 transforms draw ONE set of parameters per call, so a batched call would
     # move every image identically; per-sample calls keep the jitter independent.
     return torch.stack([transform(xi) for xi in x])
@@ -164,7 +164,7 @@ def train_classifier(
                 idx, order = order[:bs], order[bs:]
             xb, yb = x_all[idx], y_all[idx]
             if transform is not None:
-                xb = _augment_batch(transform, xb)
+                xb = augment_batch(transform, xb)
             xb, yb = xb.to(device), yb.to(device)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)

@@ -58,7 +58,7 @@ from ganaug import environment, storage
 from ganaug.config import RunConfig, config_from_dict
 from ganaug.data.spec import absolute_spec
 from ganaug.errors import UserError, first_line
-from ganaug.raycluster import FORWARDED_ENV, ensure_ray, require_shared_paths
+from ganaug.raycluster import FORWARDED_ENV, ensure_ray, fast_train_polling, require_shared_paths
 from ganaug.testing import faults
 from ganaug.training import run_files
 
@@ -68,10 +68,6 @@ from ganaug.training import run_files
 # inherits the driver's environment; a cluster has its own credentials.
 _WORKER_ENV = (*FORWARDED_ENV, *faults.WORKER_ENV)
 
-# How often the Train controller polls workers for reports. Ray's default is 2 s, and a
-# worker blocks in ray.train.report until its previous report was collected, so this bounds
-# the report rate; 0.5 s keeps short runs fast and costs the controller little.
-_POLL_INTERVAL_S = "0.5"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -479,7 +475,7 @@ def _nothing_to_do(plan: RunPlan) -> str | None:
 
 def _connect_ray(plan: RunPlan, shared_fs: bool):
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _POLL_INTERVAL_S)
+    fast_train_polling()
     ray = ensure_ray(log_to_driver=False, logging_level=logging.WARNING)
     # Rank 0 writes checkpoints wherever it runs; the driver and resume read them back.
     require_shared_paths({"--storage": plan.cfg.storage.root}, shared_fs)
