@@ -1,4 +1,4 @@
-"""`ganaug classify` / `python -m jobs.classify` (ARCHITECTURE.md §3.10): a classifier trained
+"""`ganaug classify` / `python -m jobs.classify` (ARCHITECTURE.md §3.9): a classifier trained
 data-parallel on Ray Train over a mixed real + synthetic stream, judged on held-out rows.
 
 Real Ray Train (2 CPU workers, gloo), the real mixed stream from a tiny cgan checkpoint, real
@@ -34,6 +34,14 @@ def _config(tmp_path: Path, **data) -> Path:
     path = tmp_path / "classify.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def test_the_example_config_loads():
+    from ganaug.classify import load_classify_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_classify_config(repo / "jobs" / "classify" / "mnist-k20.yaml", ["data.ratio=0.2", "data.checkpoint=x"])
+    assert cfg.model.arch == "smallcnn" and cfg.training.steps == 500 and cfg.data.ratio == 0.2
 
 
 def test_config_errors_name_the_key(tmp_path, cli_error):

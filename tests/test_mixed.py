@@ -1,4 +1,4 @@
-"""ganaug.data.mixed_dataset: real + synthetic rows as one Ray Dataset (ARCHITECTURE.md §3.9).
+"""ganaug.data.mixed_dataset: real + synthetic rows as one Ray Dataset (ARCHITECTURE.md §3.8).
 
 Real Ray Data over the built-in digits and a tiny (untrained) cgan whose class names are the
 digits' names in reverse order, so that matching by name, not by index, is what is tested.
