@@ -1,5 +1,5 @@
 """The downstream classifier job's library side (no Ray): its typed config, the classifier
-architectures, one optimiser step, and the held-out tally (ARCHITECTURE.md §3.10).
+architectures, one optimiser step, and the held-out tally (ARCHITECTURE.md §3.9).
 
 `classify_job.py` runs it data-parallel on Ray Train over a mixed (or real-only) stream. With
 `model.arch: smallcnn` and the same step budget it trains the network and optimiser of

@@ -1,6 +1,6 @@
 """`ganaug classify` / `python -m jobs.classify`: a standard classifier trained data-parallel on
 Ray Train over a real-only or mixed real + synthetic stream, judged on held-out rows
-(ARCHITECTURE.md §3.10). Ray glue; the network, step and tally live in `classify.py`.
+(ARCHITECTURE.md §3.9). Ray glue; the network, step and tally live in `classify.py`.
 
 Driver: plan the two streams (`mixed.build_mixed`), size the steps, run a TorchTrainer, write
 `{storage}/classify/{name}/report.json`. Workers: build the model (seeded), resume from

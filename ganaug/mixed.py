@@ -1,4 +1,4 @@
-"""`mixed_dataset`: real rows and synthetic rows as one Ray Dataset for Ray Train (ARCHITECTURE.md §3.9).
+"""`mixed_dataset`: real rows and synthetic rows as one Ray Dataset for Ray Train (ARCHITECTURE.md §3.8).
 
 Two stages, so a GPU never waits on image decoding:
 1. `_BlockReader` actors (CPU) read and decode each block's real rows (and a set's rows), shuffle

@@ -1,4 +1,4 @@
-"""The plan of a mixed real + synthetic stream (ARCHITECTURE.md §3.9). No Ray here: the glue in
+"""The plan of a mixed real + synthetic stream (ARCHITECTURE.md §3.8). No Ray here: the glue in
 `mixed.py` turns the plan's blocks into a Ray Dataset.
 
 - An epoch over N real rows at synthetic fraction `ratio` has S = round(N * ratio / (1 - ratio))

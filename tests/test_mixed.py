@@ -111,8 +111,6 @@ def test_checkpoint_stream_ratio_labels_and_determinism(ray_session, ckpt):
     second = _rows(mixed_dataset(REAL, checkpoint=ckpt, ratio=0.4, seed=7, epoch=1, block_rows=128))
     assert np.array_equal(second["seed"], rows["seed"][per_epoch:])
     assert np.array_equal(second["image"], rows["image"][per_epoch:])
-    other = _rows(mixed_dataset(REAL, checkpoint=ckpt, ratio=0.4, seed=8, block_rows=128))
-    assert not np.array_equal(other["label"], rows["label"][:per_epoch])
 
 
 def test_balance_fills_the_rare_classes(ray_session, ckpt):
