@@ -84,3 +84,20 @@ def test_classify_learns_on_a_mixed_stream_and_survives_a_worker_kill(ray_sessio
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["resumed_from"] == again["steps"] == report["steps"]
     assert again["accuracy"] == report["accuracy"]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_resnets_take_any_channels_and_resolution(arch):
+    import torch
+
+    from ganaug.classify import ClassifyConfig, build_classifier
+
+    cfg = ClassifyConfig()
+    cfg.model.arch = arch
+    for channels, size in ((1, 28), (3, 32), (3, 96)):
+        net = build_classifier(cfg, channels, 7, size).eval()
+        with torch.no_grad():
+            assert net(torch.rand(2, channels, size, size)).shape == (2, 7)
+    # Small images keep their detail: a 3x3 stride-1 stem and no max-pool at <= 64 px.
+    small = build_classifier(cfg, 1, 7, 32).net
+    assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, torch.nn.Identity)
