@@ -158,30 +158,5 @@ def test_set_source_and_refusals(ray_session, ckpt, tmp_path):
         mixed_dataset(REAL, synthetic=out, balance=True)
 
 
-def test_two_worker_torch_trainer_consumes_the_stream(ray_session, ckpt, tmp_path):
-    import ray.train
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from ganaug.data import mixed_dataset
-
-    def loop(config):
-        import torch
-
-        rows = synthetic = 0
-        for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=32):
-            assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (8, 8, 1)
-            rows += len(batch["label"])
-            synthetic += int(batch["synthetic"].sum())
-        rank = ray.train.get_context().get_world_rank()
-        Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"rows": rows, "synthetic": synthetic}))
-
-    # The plain Ray Data way: the tensor columns only (class_name is a string).
-    ds = mixed_dataset(REAL, checkpoint=ckpt, ratio=0.5, block_rows=100).select_columns(["image", "label", "synthetic"])
-    TorchTrainer(loop, train_loop_config={"out": str(tmp_path)}, datasets={"train": ds},
-                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-                 run_config=RunConfig(name="mixed-consumer", storage_path=str(tmp_path))).fit()
-    # An equal split of the 600 rows, 300 of them synthetic.
-    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [s["rows"] for s in seen] == [300, 300]
-    assert sum(s["synthetic"] for s in seen) == 300
+# Consumption by a 2-worker TorchTrainer on CPU: tests/test_classify.py (its job trains on this
+# stream, streamed from a checkpoint, split equally over two Ray Train workers).
