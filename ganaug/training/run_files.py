@@ -115,6 +115,9 @@ class MetricsLog:
 
     On (re)start, `resume(step)` keeps only the lines with step <= the step training resumes
     from, so the file stays strictly increasing whatever crashed after the last checkpoint.
+    Reports are kept in memory and the file is written at checkpoints (`flush`), not at every
+    report: an object store cannot append, and rewriting the file per report cost one growing
+    upload per report. Lines after the last checkpoint would be dropped on resume anyway.
     """
 
     def __init__(self, run_uri: str):
@@ -138,6 +141,8 @@ class MetricsLog:
             # Never write a non-monotonic file; a repeated step replaces the old line.
             self.lines = [r for r in self.lines if r["step"] < record["step"]]
         self.lines.append(_clean(dict(record)))
+
+    def flush(self) -> None:
         self._flush()
 
     def _flush(self) -> None:

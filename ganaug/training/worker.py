@@ -662,6 +662,8 @@ class _RankRun:
         trainer = self.trainer
         uri = storage.join(checkpoint.checkpoints_root(self.run_uri), checkpoint.step_dir_name(step))
         meta = dict(self.meta_base, step=step, images_seen=trainer.images_seen)
+        if self.metrics_log is not None:
+            self.metrics_log.flush()  # the reports up to this checkpoint, before it is published
         png = _grid_png(trainer, meta, self.grid_inputs)
         weights = trainer.weights()
         checkpoint.save_checkpoint(
