@@ -360,20 +360,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for text in overrides:
         parts, raw = parse_override(text)
-        node = data
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"bad override {text!r}: '{p}' is not a section")
-            node = nxt
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if isinstance(value, (dict, list)):
             value = raw
-        node[parts[-1]] = value
+        set_dotted(data, parts, value, f"bad override {text!r}")
     return data
+
+
+def set_dotted(data: dict, parts: list[str], value: Any, context: str, error: type[ConfigError] = ConfigError) -> None:
+    """data[a][b]... = value for the key parts [a, b, ...], creating sections; a part that is a
+    value, not a section, is `error` ("CONTEXT: 'a' is not a section")."""
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise error(f"{context}: '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
 
 
 MAX_YAML_ALIASES = 100       # a run config needs a handful; a "billion laughs" needs thousands

@@ -302,14 +302,7 @@ def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise SweepError(f"key '{key}': '{p}' is not a section")
-        node = nxt
-    node[parts[-1]] = value
+    set_dotted(data, key.split("."), value, f"key '{key}'", SweepError)
 
 
 def _check_section(key: str, where: str, sections: tuple[str, ...]) -> str:
