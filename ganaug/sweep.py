@@ -52,6 +52,7 @@ from ganaug.config import (
     build_dataclass,
     config_from_dict,
     read_yaml_mapping,
+    set_dotted,
 )
 from ganaug.errors import UserError
 from ganaug.registry import Registry
