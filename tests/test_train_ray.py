@@ -85,12 +85,15 @@ def test_metrics_log_resume_keeps_steps_monotonic(tmp_path):
     log.resume(0)
     for s in (4, 8, 12):
         log.append({"step": s, "loss_g": 1.0, "seconds": float(s), "bad": float("nan")})
+    assert steps_of(run) == []                 # reports are written at checkpoints, not one by one
+    log.flush()
     assert steps_of(run) == [4, 8, 12]
     assert run_files.read_metrics(run)[0]["bad"] is None  # NaN -> null, still valid JSON
     again = run_files.MetricsLog(run)
     assert [r["step"] for r in again.resume(8)] == [4, 8]  # a crash after step 8's checkpoint
     assert steps_of(run) == [4, 8]
     again.append({"step": 12, "loss_g": 0.5, "seconds": 12.0})
+    again.flush()
     assert steps_of(run) == [4, 8, 12]
 
 
