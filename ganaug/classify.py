@@ -16,7 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ganaug.config import ConfigError, StorageConfig, apply_overrides, build_dataclass, read_yaml_mapping
+from ganaug.config import (
+    ConfigError,
+    StorageConfig,
+    apply_overrides,
+    build_dataclass,
+    read_yaml_mapping,
+)
 from ganaug.registry import Registry
 
 # name -> builder(in_channels, num_classes, resolution, cfg: ClassifyModel) -> nn.Module on [0, 1] NCHW
@@ -92,10 +98,11 @@ class ClassifyConfig:
         for key in ("epochs", "batch_size", "workers"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"config key 'training.{key}' must be >= 1, got {getattr(t, key)}")
-        for key in ("steps", "seed", "max_failures", "checkpoint_every", "resolution"):
-            section = t if hasattr(t, key) else d
-            if getattr(section, key) < 0:
-                raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(section, key)}")
+        for key, value in (("training.steps", t.steps), ("training.seed", t.seed),
+                           ("training.max_failures", t.max_failures),
+                           ("training.checkpoint_every", t.checkpoint_every), ("data.resolution", d.resolution)):
+            if value < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
         return self
 
     def to_dict(self) -> dict:

@@ -26,7 +26,12 @@ from ganaug.classify import ClassifyConfig
 from ganaug.config import build_dataclass
 from ganaug.errors import UserError, first_line, require
 from ganaug.mixed import MixRequest, build_mixed
-from ganaug.raycluster import FORWARDED_ENV, ensure_ray, fast_train_polling, require_shared_paths
+from ganaug.raycluster import (
+    FORWARDED_ENV,
+    ensure_ray,
+    fast_train_polling,
+    require_shared_paths,
+)
 from ganaug.testing import faults
 
 STATE_FILE = "state.pt"          # optimiser + schedule + step (torch.load(weights_only=True))
@@ -52,23 +57,24 @@ class ClassifyPlan:
 
 def plan_classify(cfg: ClassifyConfig, name: str, storage_root: str | None) -> tuple[ClassifyPlan, object, object]:
     """(plan, training stream, held-out stream): every input checked before a worker starts."""
-    from ganaug.mixplan import synthetic_count
-    from ganaug.data import dataset_summary
+    import dataclasses
+
+    from ganaug.mixed import plan_mix
 
     d, t = cfg.data, cfg.training
-    rows = int(dataset_summary(d.train)["rows"])
-    per_epoch = rows + synthetic_count(rows, d.ratio)
+    request = MixRequest(real=d.train, synthetic=d.synthetic or None, checkpoint=d.checkpoint or None,
+                         ratio=d.ratio, seed=t.seed, balance=d.balance, resolution=d.resolution or None,
+                         channels=d.channels or None, truncation=d.truncation,
+                         block_rows=max(256, t.batch_size * t.workers * 4), use_gpu=t.use_gpu)
+    planned, context = plan_mix(request)  # one epoch's plan sizes the run; its epochs are set below
     global_batch = t.batch_size * t.workers
-    steps_per_epoch = per_epoch // global_batch
-    require(steps_per_epoch >= 1, f"data.train {d.train!r}: {per_epoch} rows per epoch make no batch of "
-            f"{t.batch_size} x {t.workers} workers; lower training.batch_size", ClassifyFailed)
+    steps_per_epoch = planned.rows_per_epoch // global_batch
+    require(steps_per_epoch >= 1, f"data.train {d.train!r}: {planned.rows_per_epoch} rows per epoch make no "
+            f"batch of {t.batch_size} x {t.workers} workers; lower training.batch_size", ClassifyFailed)
     epochs = -(-t.steps // steps_per_epoch) if t.steps else t.epochs
     steps = t.steps or epochs * steps_per_epoch
-    request = MixRequest(real=d.train, synthetic=d.synthetic or None, checkpoint=d.checkpoint or None,
-                         ratio=d.ratio, seed=t.seed, epochs=epochs, balance=d.balance,
-                         resolution=d.resolution or None, channels=d.channels or None,
-                         truncation=d.truncation, block_rows=max(256, global_batch * 4), use_gpu=t.use_gpu)
-    train_ds, mix = build_mixed(request)
+    planned.epochs = epochs
+    train_ds, mix = build_mixed(dataclasses.replace(request, epochs=epochs), (planned, context))
     h, w, c = mix.image_shape
     heldout_ds, held = build_mixed(MixRequest(real=d.heldout, ratio=0.0, resolution=h if d.resolution else None,
                                               channels=c, block_rows=1024))
@@ -123,7 +129,13 @@ def _report(plan: ClassifyPlan, metrics: dict, seconds: float) -> dict:
 
 
 def _trainer(plan: ClassifyPlan, train_ds, heldout_ds):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     t = plan.cfg.training
@@ -172,7 +184,7 @@ def _train_loop(config: dict) -> None:
     t = cfg.training
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    h, w, c = config["shape"]
+    h, _, c = config["shape"]
     torch.set_num_threads(1)
     torch.manual_seed(t.seed)  # the same init on every rank (DDP also broadcasts rank 0's)
     model = prepare_model(build_classifier(cfg, c, config["classes"], h))

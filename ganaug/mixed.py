@@ -68,18 +68,18 @@ class _Shape:
 
 
 def _real_side(req: MixRequest) -> tuple[np.ndarray, list[str], _Shape]:
-    """The real data's per-class histogram, class names and the stream's image shape."""
-    from ganaug.data import dataset_summary, label_histogram
+    """The real data's per-class histogram, class names and the stream's image shape (one label scan)."""
+    from ganaug.data import dataset_summary
 
-    hist, names = label_histogram(req.real, req.allow_incomplete)
-    require(bool(names) and -1 not in hist, f"real dataset {req.real!r} is unlabelled: a mixed dataset "
-            "matches labels by class name, so both sides need them", MixError)
     summary = dataset_summary(req.real, req.allow_incomplete)
+    classes = summary["classes"]
+    require(bool(classes) and "unlabelled" not in classes, f"real dataset {req.real!r} is unlabelled: a mixed "
+            "dataset matches labels by class name, so both sides need them", MixError)
     require(summary["rows"] > 0, f"real dataset {req.real!r} has no rows", MixError)
     h, w, c = summary["shape"]
     if req.resolution:
         h = w = req.resolution
-    return np.asarray([hist[k] for k in range(len(names))], np.int64), names, _Shape(h, w, req.channels or c)
+    return np.asarray(list(classes.values()), np.int64), list(classes), _Shape(h, w, req.channels or c)
 
 
 def plan_mix(req: MixRequest) -> tuple[MixPlan, dict]:
@@ -115,9 +115,7 @@ def plan_mix(req: MixRequest) -> tuple[MixPlan, dict]:
         if extra:
             raise MixError(f"classes do not match: set {req.synthetic} has class {extra[0]!r}, which the real "
                            f"data {req.real!r} lacks (labels are matched by class name)")
-        to_real = np.full(max(len(set_names), 1), -1, np.int64)
-        for i, name in enumerate(set_names):
-            to_real[i] = names.index(name) if name in names else -1
+        to_real = np.asarray([names.index(n) if n in names else -1 for n in set_names] or [-1], np.int64)
         context.update(to_real=to_real, set_spec=set_spec)
         plan.source = "set"
         plan.set_rows = int(sum(set_hist.values()))
@@ -215,11 +213,12 @@ class _SyntheticFiller:
         return batch
 
 
-def build_mixed(req: MixRequest):
-    """(ray.data.Dataset, MixPlan) for a request; see `mixed_dataset`."""
+def build_mixed(req: MixRequest, planned: tuple[MixPlan, dict] | None = None):
+    """(ray.data.Dataset, MixPlan) for a request; see `mixed_dataset`. `planned`: what
+    `plan_mix(req)` returned, when the caller already has it."""
     from ganaug.raycluster import actor_cpu_share, cluster_cpus, ensure_ray
 
-    plan, context = plan_mix(req)
+    plan, context = planned or plan_mix(req)
     ray = ensure_ray()
     from ray.data import ActorPoolStrategy
 

@@ -37,7 +37,7 @@ def synthetic_count(real_rows: int, ratio: float) -> int:
     """Synthetic rows per epoch so they are `ratio` of the N + S rows."""
     if not 0.0 <= ratio < 1.0:
         raise MixError(f"ratio must be in [0, 1) (the synthetic fraction of the rows), got {ratio!r}")
-    return int(round(real_rows * ratio / (1.0 - ratio)))
+    return round(real_rows * ratio / (1.0 - ratio))
 
 
 def align_classes(real_names: list[str], other_names: list[str], what: str) -> np.ndarray:
