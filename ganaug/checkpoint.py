@@ -8,6 +8,11 @@
         samples.png                 fixed-seed grid, one row per class
         model.json                  family, kwargs, data shape, classes, version, digest  <- marker
 
+A checkpoint is whole when model.json exists and every file it lists has the size it records.
+Training hands the folder to Ray Train, which uploads its files in no particular order (and in
+the background), so the marker alone may be there before the weights are; readers that pick a
+checkpoint by listing (`latest_checkpoint`) check the sizes too, and loads check the sha256.
+
 Weights are safetensors and the train state is loaded with weights_only=True: nothing read
 from storage is ever unpickled.
 """
@@ -34,6 +39,7 @@ MARKER = "model.json"
 WEIGHT_FILES = ("generator_ema", "generator", "discriminator")
 TRAIN_STATE = "train_state.pt"
 SAMPLES = "samples.png"
+CHECKPOINTS_DIR = "checkpoints"   # {run}/checkpoints/: also Ray Train's experiment folder
 _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 
@@ -84,6 +90,7 @@ def save_checkpoint(
     full_meta = dict(meta)
     full_meta["ganaug_version"] = __version__
     full_meta["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    full_meta["sizes"] = {name: len(data) for name, data in files.items()}
     files[MARKER] = json.dumps(full_meta, indent=2, sort_keys=True).encode()
     storage.publish_folder(uri, files, marker=MARKER)
     return uri
@@ -217,11 +224,22 @@ def build_generator(uri: str, which: str = "generator_ema") -> tuple[nn.Module, 
 # ----------------------------------------------------------------------------- run folders
 
 def checkpoints_root(run_uri: str) -> str:
-    return storage.join(run_uri, "checkpoints")
+    return storage.join(run_uri, CHECKPOINTS_DIR)
+
+
+def is_whole(uri: str) -> bool:
+    """model.json is there and every file it lists has its recorded size (no download)."""
+    marker = storage.join(uri, MARKER)
+    try:
+        meta = json.loads(storage.read_bytes(marker))
+        sizes = meta.get("sizes") or {}   # checkpoints written before sizes were recorded: the marker
+        return all(storage.size(storage.join(uri, name)) == size for name, size in sizes.items())
+    except (storage.StorageError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def list_checkpoints(run_uri: str, complete_only: bool = True) -> list[tuple[int, str]]:
-    """(step, uri) of a run's checkpoints, oldest first; incomplete ones skipped."""
+    """(step, uri) of a run's checkpoints, oldest first; with complete_only, only whole ones."""
     root = checkpoints_root(run_uri)
     out = []
     for name in storage.listdir(root):
@@ -229,33 +247,22 @@ def list_checkpoints(run_uri: str, complete_only: bool = True) -> list[tuple[int
         if not m:
             continue
         uri = storage.join(root, name)
-        if complete_only and not storage.exists(storage.join(uri, MARKER)):
+        if complete_only and not is_whole(uri):
             continue
         out.append((int(m.group(1)), uri))
     return sorted(out)
 
 
 def latest_checkpoint(run_uri: str) -> str | None:
-    found = list_checkpoints(run_uri)
-    return found[-1][1] if found else None
-
-
-def prune_checkpoints(run_uri: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` complete checkpoints (and any stale incomplete ones older than them)."""
-    complete = list_checkpoints(run_uri)
-    doomed = [uri for _, uri in complete[:-keep]] if keep > 0 else []
-    if complete:
-        newest_kept = complete[-keep][0] if keep > 0 and len(complete) >= keep else complete[0][0]
-        for step, uri in list_checkpoints(run_uri, complete_only=False):
-            if step < newest_kept and (step, uri) not in complete:
-                doomed.append(uri)
-    for uri in doomed:
-        # Remove the marker first so a concurrent reader never loads a half-deleted checkpoint.
-        marker = storage.join(uri, MARKER)
-        if storage.exists(marker):
-            storage.delete(marker)
-        storage.delete(uri, recursive=True)
-    return doomed
+    """The newest whole checkpoint of a run (checked newest first, so older ones cost nothing)."""
+    root = checkpoints_root(run_uri)
+    steps = sorted(((int(m.group(1)), name) for name in storage.listdir(root) if (m := _STEP_DIR.match(name))),
+                   reverse=True)
+    for _, name in steps:
+        uri = storage.join(root, name)
+        if is_whole(uri):
+            return uri
+    return None
 
 
 def resolve_checkpoint(uri: str) -> str:

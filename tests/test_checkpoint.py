@@ -112,12 +112,23 @@ def test_train_state_never_unpickles_arbitrary_objects(tmp_path):
         checkpoint.load_train_state(uri)
 
 
-def test_prune_keeps_newest(tmp_path):
+def test_latest_skips_a_checkpoint_whose_upload_is_torn(tmp_path):
+    """Ray Train uploads a checkpoint's files in no set order: model.json may arrive before the
+    weights. A step folder counts only when every file has the size model.json records."""
     run = str(tmp_path / "run")
-    for step in (10, 20, 30, 40):
+    for step in (10, 20):
         save_tiny(storage.join(run, "checkpoints", checkpoint.step_dir_name(step)))
-    checkpoint.prune_checkpoints(run, keep=2)
-    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [30, 40]
+    newest = storage.join(run, "checkpoints", checkpoint.step_dir_name(20))
+    weights = storage.join(newest, "generator.safetensors")
+    whole = storage.read_bytes(weights)
+    storage.write_bytes(weights, whole[: len(whole) // 2])        # still arriving
+    assert checkpoint.latest_checkpoint(run).endswith("step-0000010")
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [10]
+    storage.delete(weights)                                       # not there yet
+    assert checkpoint.latest_checkpoint(run).endswith("step-0000010")
+    storage.write_bytes(weights, whole)                           # arrived
+    assert checkpoint.latest_checkpoint(run) == newest
+    assert checkpoint.resolve_checkpoint(run) == newest
 
 
 def test_checkpoint_on_s3(s3):

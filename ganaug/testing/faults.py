@@ -12,6 +12,10 @@ Points:
     ``GANAUG_TEST_CRASH_RANK=r``      which rank (default: 1, or 0 with a single worker)
     ``GANAUG_TEST_CRASH_MARKER=path`` crash only while this local file does not exist (it is
                                       created just before the crash, so it crashes once)
+    ``GANAUG_TEST_PAUSE_AT_STEP=N`` and ``GANAUG_TEST_PAUSE_GATE=path``: every rank, right after
+                                      step N, writes its Ray node id to ``path.rank{r}`` and waits
+                                      (at most 10 minutes) until ``path`` exists: the test then
+                                      knows where each rank runs and acts while they hold still
 
 ``generate.after_shard`` (ganaug/generation.py, the driver, after each finished shard)
     ``GANAUG_TEST_DIE_AFTER_SHARDS=k`` the driver exits with status 3 once k shards are made
@@ -26,15 +30,17 @@ CRASH_AT_STEP_ENV = "GANAUG_TEST_CRASH_AT_STEP"
 CRASH_RANK_ENV = "GANAUG_TEST_CRASH_RANK"
 CRASH_MARKER_ENV = "GANAUG_TEST_CRASH_MARKER"
 DIE_AFTER_ENV = "GANAUG_TEST_DIE_AFTER_SHARDS"
+PAUSE_AT_STEP_ENV = "GANAUG_TEST_PAUSE_AT_STEP"
+PAUSE_GATE_ENV = "GANAUG_TEST_PAUSE_GATE"
 
 # Workers do not inherit a cluster driver's environment: these travel in their runtime env.
-WORKER_ENV = (CRASH_AT_STEP_ENV, CRASH_RANK_ENV, CRASH_MARKER_ENV)
+WORKER_ENV = (CRASH_AT_STEP_ENV, CRASH_RANK_ENV, CRASH_MARKER_ENV, PAUSE_AT_STEP_ENV, PAUSE_GATE_ENV)
 
 
 def armed(point: str) -> bool:
     """Whether `point` can fire at all (lets a caller skip wrapping a hot path)."""
     if point == "train.after_step":
-        return bool(os.environ.get(CRASH_AT_STEP_ENV))
+        return bool(os.environ.get(CRASH_AT_STEP_ENV) or os.environ.get(PAUSE_AT_STEP_ENV))
     if point == "generate.after_shard":
         return bool(int(os.environ.get(DIE_AFTER_ENV, "0") or 0))
     raise ValueError(f"unknown fault point {point!r}")
@@ -54,6 +60,7 @@ def maybe_crash(point: str, *, step: int = 0, rank: int = 0, world_size: int = 1
 
 
 def _train_after_step(step: int, rank: int, world_size: int) -> None:
+    _pause_after_step(step, rank)
     at = os.environ.get(CRASH_AT_STEP_ENV)
     if not at or int(at) != step:
         return
@@ -67,6 +74,21 @@ def _train_after_step(step: int, rank: int, world_size: int) -> None:
         with open(marker, "w") as f:
             f.write(f"crashed rank {rank} at step {step}\n")
     os._exit(1)
+
+
+def _pause_after_step(step: int, rank: int) -> None:
+    at, gate = os.environ.get(PAUSE_AT_STEP_ENV), os.environ.get(PAUSE_GATE_ENV)
+    if not at or not gate or int(at) != step:
+        return
+    import time
+
+    import ray
+
+    with open(f"{gate}.rank{rank}", "w") as f:
+        f.write(ray.get_runtime_context().get_node_id())
+    deadline = time.monotonic() + 600
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _generate_after_shard(made: int) -> None:

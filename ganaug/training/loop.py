@@ -489,7 +489,8 @@ class GANTrainer:
     def fit(self, total_steps: int, *, report_every: int | None = None, checkpoint_every: int | None = None,
             on_report: Callable[[dict], None] | None = None,
             on_checkpoint: Callable[[int], None] | None = None,
-            should_stop: Callable[[int], bool] | None = None) -> None:
+            should_stop: Callable[[int], bool] | None = None,
+            checkpoint_now: Callable[[int], bool] | None = None) -> None:
         """Train until `self.step == total_steps` (continuing from the current step).
 
         on_report(dict) every `report_every` steps and at the last step: step, images_seen,
@@ -499,6 +500,8 @@ class GANTrainer:
         on_checkpoint(step) every `checkpoint_every` steps and at the last step; the caller saves.
         should_stop(step), after every step: True makes this step the last one (reported and
         checkpointed, then fit returns). Under DDP every rank must answer the same.
+        checkpoint_now(step), after should_stop: True adds a checkpoint at this step (a
+        preemption notice); every rank must answer the same.
         """
         tc = self.cfg.training
         report_every = int(report_every or tc.report_every)
@@ -527,7 +530,7 @@ class GANTrainer:
                 sums.clear()
                 counts.clear()
                 t_win, images_win = now, 0
-            if self.step % checkpoint_every == 0 or last:
+            if self.step % checkpoint_every == 0 or last or (checkpoint_now is not None and checkpoint_now(self.step)):
                 self.prepare_checkpoint()
                 if on_checkpoint is not None:
                     on_checkpoint(self.step)

@@ -3,9 +3,10 @@
     {storage}/{name}/
         config.yaml                 resolved RunConfig (written by the driver before training)
         metrics.jsonl               one JSON line per report, steps strictly increasing
-        checkpoints/step-XXXXXXX/   the checkpoint format (ganaug.checkpoint)
+        checkpoints/                Ray Train's experiment folder: its snapshot of the reported
+                                    checkpoints (checkpoint_manager_snapshot.json) and
+            step-XXXXXXX/           the checkpoints it uploaded (the format of ganaug.checkpoint)
         samples/step-XXXXXXX.png    the checkpoint's fixed-seed grid, kept after pruning
-        _ray_train/                 Ray Train's own bookkeeping (pointer checkpoints)
 
 metrics.jsonl is small (one line per `report_every` steps), so "append" is "rewrite the
 whole file atomically" (storage.write_bytes). That is the only append S3 has, and on local
@@ -25,11 +26,10 @@ from ganaug.checkpoint import step_dir_name
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 SAMPLES_DIR = "samples"
-RAY_DIR = "_ray_train"
 
 # Keys of a metrics line that are bookkeeping, not values to print next to the losses.
 _NOT_SHOWN = {"step", "images_seen", "images_per_s", "seconds", "rank", "node", "g_hash", "d_hash",
-              "resumed_from", "d_real_sign", "d_fake_g"}
+              "resumed_from", "d_real_sign", "d_fake_g", "preemption_checkpoint"}
 _FIRST = ("loss_g", "loss_d", "d_real", "d_fake")
 
 

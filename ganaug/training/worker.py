@@ -14,10 +14,18 @@ Driver side (`run_training`):
 Worker side (`train_loop_per_worker`):
   - every rank loads the dataset itself; the loop's IndexStream gives each rank a disjoint
     slice of every epoch, and wraps G and D in DDP (torch.distributed is set up by Train);
-  - resume: the source of truth is the newest COMPLETE checkpoint in `{run}/checkpoints/`
-    (model.json written last). Rank 0 picks it and broadcasts the URI, every rank loads it.
-    So a crash (Train restarts the group), a killed driver (rerun with the same --name) and
-    a finished run given more steps all continue from the same place;
+  - checkpoints go through Ray Train: rank 0 writes the checkpoint folder to a local temp dir
+    and reports it with `checkpoint_dir_name=step-NNNNNNN`; Train uploads it in the background
+    (CheckpointUploadMode.ASYNC) to `{run}/checkpoints/` (Train's experiment folder, so the
+    layout stays the one readers know) and keeps `training.keep_checkpoints` of them (its
+    CheckpointConfig is the only retention). Rank 0 blocks only for the local write;
+  - resume: `ray.train.get_checkpoint()`, Train's record of the last checkpoint it finished
+    uploading. So a crash (Train restarts the group), a killed driver (rerun with the same
+    --name: Train reloads its snapshot from the run folder) and a finished run given more steps
+    all continue from the same place. A run made before checkpoints went through Train has no
+    such record: rank 0 then takes the newest whole step folder, and broadcasts its choice;
+  - a spot preemption notice (`ray.train.get_preemption_info()`, asked at report steps, which
+    are collectives anyway) makes that step a just-in-time checkpoint, once per notice;
   - only rank 0 writes files (metrics.jsonl, checkpoints, sample grids);
   - every rank calls `ray.train.report` at exactly the same steps (a checkpoint step folds
     its metrics into the checkpoint's report), as Train v2 requires;
@@ -42,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import logging
 import os
 import re
@@ -58,7 +65,12 @@ from ganaug import environment, storage
 from ganaug.config import RunConfig, config_from_dict
 from ganaug.data.spec import absolute_spec
 from ganaug.errors import UserError, first_line
-from ganaug.raycluster import FORWARDED_ENV, ensure_ray, fast_train_polling, require_shared_paths
+from ganaug.raycluster import (
+    FORWARDED_ENV,
+    ensure_ray,
+    fast_train_polling,
+    require_shared_paths,
+)
 from ganaug.testing import faults
 from ganaug.training import run_files
 
@@ -340,6 +352,8 @@ class _ReportWatcher:
             line = run_files.format_progress(r0, self.plan.total_steps, global_batch=self.plan.global_batch)
             if r0.get("checkpoint"):
                 line += f"  ckpt {storage.basename(r0['checkpoint'])}"
+                if r0.get("preemption_checkpoint"):
+                    line += " (a node is being preempted: just-in-time checkpoint)"
             self._say(line)
         elif r0.get("checkpoint"):
             self._say(f"step {r0['step']}/{self.plan.total_steps}  checkpoint {r0['checkpoint']}")
@@ -348,13 +362,10 @@ class _ReportWatcher:
 # =============================================================================== driver: run
 
 def _storage_for_ray(run_uri: str) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Train's own bookkeeping under {run}/_ray_train."""
-    uri = storage.join(run_uri, run_files.RAY_DIR)
-    if storage.is_s3(uri):
-        fs, path = storage.resolve(uri)
-        return path, fs
-    _, path = storage.resolve(uri)
-    return path, None
+    """(storage_path, storage_filesystem): Train's experiment folder is {run}/checkpoints, so the
+    step folders it uploads land where every reader looks for them."""
+    fs, path = storage.resolve(run_uri)
+    return path, (fs if storage.is_s3(run_uri) else None)
 
 
 def _quiet_ray_loggers() -> None:
@@ -452,7 +463,7 @@ def run_training(cfg: RunConfig, workers: int | None = None, use_gpu: bool | Non
     per_worker = _per_worker_resources(ray.cluster_resources(), plan, echo)
     # 3. Run the workers, one progress line per report.
     sink_cls, callback_cls = _progress_classes()
-    sink = sink_cls.remote()
+    sink = _on_this_node(ray, sink_cls).remote()
     trainer = _torch_trainer(plan, per_worker, callback_cls(sink))
     if echo:
         echo(_start_line(plan))
@@ -501,10 +512,20 @@ def _per_worker_resources(resources: dict, plan: RunPlan, echo: Callable[[str], 
     return {"CPU": 1.0}
 
 
+def _on_this_node(ray, actor_cls):
+    """The actor pinned to the driver's node: it must outlive any worker node that is lost."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+
+
 def _torch_trainer(plan: RunPlan, per_worker: dict, callback):
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
+
+    from ganaug.checkpoint import CHECKPOINTS_DIR
 
     tc = plan.cfg.training
     storage_path, storage_fs = _storage_for_ray(plan.run_uri)
@@ -517,9 +538,10 @@ def _torch_trainer(plan: RunPlan, per_worker: dict, callback):
         scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RayRunConfig(
-            name=plan.name,
+            name=CHECKPOINTS_DIR,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
+            # A preempted node is not a failure: Train retries it without counting max_failures.
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             callbacks=[callback],
@@ -632,13 +654,15 @@ class _RankRun:
     first_report: bool = True
     pending: dict | None = None   # a checkpoint step's metrics, reported with its checkpoint
     stopping: bool = False        # the budget made this step the last one (budget_spent)
+    jit: bool = False             # a preemption notice made this step a checkpoint step
+    notice: tuple = ()            # the preempted nodes of the notice already checkpointed for
 
     @property
     def tc(self):
         return self.trainer.cfg.training
 
     def is_checkpoint_step(self, step: int) -> bool:
-        return step % self.tc.checkpoint_every == 0 or step == self.total or self.stopping
+        return step % self.tc.checkpoint_every == 0 or step == self.total or self.stopping or self.jit
 
     def on_report(self, report: dict) -> None:
         report = dict(report)
@@ -651,30 +675,51 @@ class _RankRun:
             self.send(report, None)
 
     def on_checkpoint(self, step: int) -> None:
-        uri = self.save_checkpoint(step) if self.rank == 0 else None
-        self.send(self.pending or {"step": step, "images_seen": self.trainer.images_seen}, uri)
-        self.pending = None
+        folder = self.save_checkpoint(step) if self.rank == 0 else None
+        metrics = self.pending or {"step": step, "images_seen": self.trainer.images_seen}
+        if self.jit:
+            metrics = dict(metrics, preemption_checkpoint=True)
+        self.send(metrics, folder)
+        self.pending, self.jit = None, False
 
     def save_checkpoint(self, step: int) -> str:
-        """Rank 0: the checkpoint, its sample grid (also under {run}/samples/) and the pruning."""
+        """Rank 0: the checkpoint folder in a local temp dir (Train uploads it), and its sample
+        grid under {run}/samples/. Returns the folder."""
         from ganaug import checkpoint
 
         trainer = self.trainer
-        uri = storage.join(checkpoint.checkpoints_root(self.run_uri), checkpoint.step_dir_name(step))
         meta = dict(self.meta_base, step=step, images_seen=trainer.images_seen)
         if self.metrics_log is not None:
             self.metrics_log.flush()  # the reports up to this checkpoint, before it is published
         png = _grid_png(trainer, meta, self.grid_inputs)
         weights = trainer.weights()
+        folder = tempfile.mkdtemp(prefix=f"ganaug-{checkpoint.step_dir_name(step)}-")
         checkpoint.save_checkpoint(
-            uri, meta=meta, generator_ema=weights["generator_ema"], generator=weights["generator"],
+            folder, meta=meta, generator_ema=weights["generator_ema"], generator=weights["generator"],
             discriminator=weights["discriminator"], train_state=trainer.state_dict(include_weights=False),
             samples_png=png)
         storage.write_bytes(run_files.samples_uri(self.run_uri, step), png)
-        checkpoint.prune_checkpoints(self.run_uri, self.tc.keep_checkpoints)
-        return uri
+        return folder
 
-    def send(self, metrics: dict, ckpt_uri: str | None) -> None:
+    def after_step(self, step: int) -> bool:
+        """fit's should_stop: at report steps, heed a preemption notice, then the time budget."""
+        if step % self.tc.report_every != 0:
+            return False
+        self.jit = self.preemption_notice()
+        return self.budget_spent(step)
+
+    def preemption_notice(self) -> bool:
+        """True once per notice that a node of this run is about to be reclaimed (every rank asks:
+        Train broadcasts rank 0's view, so all ranks agree)."""
+        import ray.train
+
+        info = ray.train.get_preemption_info()
+        if info is None or tuple(info.preempted_node_ids) == self.notice:
+            return False
+        self.notice = tuple(info.preempted_node_ids)
+        return True
+
+    def send(self, metrics: dict, folder: str | None) -> None:
         """ray.train.report for this rank: every rank at the same steps (Train v2); rank 0 with the metrics."""
         import ray.train
 
@@ -694,16 +739,20 @@ class _RankRun:
         if self.first_report and self.resume_uri:
             out.update(resumed_from=self.start_step, resume_uri=self.resume_uri)
         self.first_report = False
-        if ckpt_uri is None:
+        if folder is None:
             ray.train.report(out)
             return
-        out["checkpoint"] = ckpt_uri
-        # A tiny pointer checkpoint, so Train's own bookkeeping (Result.checkpoint, the
-        # dashboard) follows ours; the weights live in the ganaug checkpoint it names.
-        with tempfile.TemporaryDirectory(prefix="ganaug-ptr-") as d:
-            with open(os.path.join(d, "pointer.json"), "w") as f:
-                json.dump({"checkpoint": ckpt_uri, "step": trainer.step, "run": self.run_uri}, f)
-            ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
+        from ray.train import Checkpoint, CheckpointUploadMode
+
+        from ganaug import checkpoint
+
+        name = checkpoint.step_dir_name(trainer.step)
+        out["checkpoint"] = storage.join(checkpoint.checkpoints_root(self.run_uri), name)
+        # Train uploads the folder to {run}/checkpoints/{name} while training goes on, records it
+        # once whole (get_checkpoint() then returns it) and drops the oldest beyond num_to_keep.
+        ray.train.report(out, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=name,
+                         checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                         delete_local_checkpoint_after_upload=True)
 
     def budget_spent(self, step: int) -> bool:
         """Rank 0's clock decides (its seconds0 is the run's), broadcast so all ranks agree.
@@ -750,7 +799,8 @@ def train_loop_per_worker(config: dict) -> None:
         return  # nothing left (the driver normally catches this before starting workers)
     tc = cfg.training
     trainer.fit(run.total, report_every=tc.report_every, checkpoint_every=tc.checkpoint_every,
-                on_report=run.on_report, on_checkpoint=run.on_checkpoint, should_stop=run.budget_spent)
+                on_report=run.on_report, on_checkpoint=run.on_checkpoint, should_stop=run.after_step,
+                checkpoint_now=lambda step: run.jit)
 
 
 def _enter_driver_cwd(cwd: str | None) -> None:
@@ -796,16 +846,30 @@ def _load_worker_data(cfg: RunConfig) -> tuple[Any, Any]:
 
 
 def _resume(trainer, run_uri: str, rank: int) -> str | None:
-    """Rank 0 decides which checkpoint, so every rank loads the same one. Returns its URI."""
+    """Train's last checkpoint (or, for a run made before checkpoints went through Train, the
+    newest whole step folder); rank 0 decides, so every rank loads the same one. Returns its URI."""
+    import ray.train
     from ray.train.collective import broadcast_from_rank_zero
 
     from ganaug import checkpoint
 
-    resume_uri = checkpoint.latest_checkpoint(run_uri) if rank == 0 else None
+    resume_uri = None
+    if rank == 0:
+        recorded = ray.train.get_checkpoint()
+        resume_uri = _uri_of(recorded) if recorded is not None else checkpoint.latest_checkpoint(run_uri)
     resume_uri = broadcast_from_rank_zero(resume_uri)
     if resume_uri:
         trainer.load_state_dict(_load_resume_state(resume_uri))
     return resume_uri
+
+
+def _uri_of(ray_checkpoint) -> str:
+    """A ray.train.Checkpoint's location as a ganaug storage URI."""
+    import pyarrow.fs as pafs
+
+    if isinstance(ray_checkpoint.filesystem, pafs.S3FileSystem):
+        return "s3://" + ray_checkpoint.path.lstrip("/")
+    return ray_checkpoint.path
 
 
 def _rank_run(config: dict, trainer, rank: int, resume_uri: str | None, images, source) -> _RankRun:
