@@ -179,6 +179,10 @@ class TrainingConfig:
     # training stops at a checkpoint once it is spent. Not a model change: rerun the same
     # --name with a larger value to extend a run.
     max_minutes: float = 0.0
+    # Extra Ray resources each worker asks for besides its CPU/GPU, e.g. {trainer_node: 1} (a
+    # custom resource that only one node type has): the workers then run on that node type,
+    # and an autoscaler starts such nodes for them.
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
 
     def validate(self, prefix: str = "training") -> None:
         for k in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "report_every",
@@ -189,6 +193,9 @@ class TrainingConfig:
         _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{prefix}.threads_per_worker", self.threads_per_worker, "an integer >= 0")
         _check_name(LOSSES, self.loss, f"{prefix}.loss")
+        for name in self.resources_per_worker:
+            _check(name not in ("CPU", "GPU", "memory"), f"{prefix}.resources_per_worker.{name}", name,
+                   "a custom resource name (CPU and GPU come from the worker count and use_gpu)")
         for k in ("lr_g", "lr_d"):
             v = getattr(self, k)
             _check(0 < v < 1, f"{prefix}.{k}", v, "a learning rate in (0, 1)")
@@ -309,7 +316,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"config key '{key}': got {value!r}, expected a string")
+    if typing.get_origin(tp) is dict:
+        return _resource_mapping(value, key)
     raise ConfigError(f"config key '{key}': unsupported field type {_type_name(tp)}")
+
+
+def _resource_mapping(value: Any, key: str) -> dict[str, float]:
+    """A mapping of names to non-negative numbers (Ray resources); --set gives it as text."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            pass
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping such as {{gpu_node: 1}}")
+    out = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                or not amount >= 0:
+            raise ConfigError(f"config key '{key}.{name}': got {amount!r}, expected a number >= 0")
+        out[name] = float(amount)
+    return out
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -495,6 +495,16 @@ def _connect_ray(plan: RunPlan, shared_fs: bool):
 
 
 def _per_worker_resources(resources: dict, plan: RunPlan, echo: Callable[[str], None] | None) -> dict:
+    """CPU/GPU per worker, plus training.resources_per_worker (custom resources of a node type)."""
+    extra = dict(plan.cfg.training.resources_per_worker)
+    for name, amount in extra.items():
+        if resources.get(name, 0.0) < amount * plan.workers and echo:
+            echo(f"waiting for {amount * plan.workers:g} {name}: the cluster has {resources.get(name, 0.0):g} now "
+                 "(an autoscaler may add nodes)")
+    return {**_cpu_gpu_per_worker(resources, plan, echo), **extra}
+
+
+def _cpu_gpu_per_worker(resources: dict, plan: RunPlan, echo: Callable[[str], None] | None) -> dict:
     if plan.use_gpu:
         if resources.get("GPU", 0) < plan.workers and echo:
             echo(f"waiting for {plan.workers} GPU(s): the cluster has {int(resources.get('GPU', 0))} now "
@@ -880,7 +890,7 @@ def _rank_run(config: dict, trainer, rank: int, resume_uri: str | None, images, 
     run = _RankRun(trainer=trainer, rank=rank, run_uri=config["run_uri"], total=cfg.training.steps,
                    meta_base=_meta_base(config, trainer), grid_inputs=None, resume_uri=resume_uri,
                    start_step=trainer.step,
-                   node=f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}")
+                   node=f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()}")
     if run.meta_base["kind"] == "translation":
         run.grid_inputs = _translation_inputs(cfg, images, source)
     if rank == 0:
