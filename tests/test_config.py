@@ -44,6 +44,9 @@ def test_wrong_type_names_key_value_and_expectation():
     ("training.loss=wgan", "training.loss"),
     ("training.lr_g=-1", "training.lr_g"),
     ("training.augment=color,flip", "training.augment"),
+    ('training.resources_per_worker={"accel": -1}', r"training\.resources_per_worker\.accel"),
+    ('training.resources_per_worker={"GPU": 1}', r"training\.resources_per_worker\.GPU"),
+    ("training.resources_per_worker=accel", r"training\.resources_per_worker'.*expected a mapping"),
 ])
 def test_out_of_range_values(override, key):
     with pytest.raises(ConfigError, match=key):
@@ -58,6 +61,9 @@ def test_unknown_family_suggests():
 def test_override_coercion_and_errors():
     cfg = load_config(None, ["training.lr_g=1e-3", "model.spectral_norm=false", "training.seed=7"])
     assert cfg.training.lr_g == 1e-3 and cfg.model.spectral_norm is False and cfg.training.seed == 7
+    cfg = load_config(None, ['training.resources_per_worker={"accel": 1, "big_disk": 0.5}'])
+    assert cfg.training.resources_per_worker == {"accel": 1.0, "big_disk": 0.5}
+    assert config_from_dict(cfg.to_dict()).training.resources_per_worker == {"accel": 1.0, "big_disk": 0.5}
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["training.steps"])
     with pytest.raises(ConfigError, match="training.stepz"):
