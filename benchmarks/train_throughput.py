@@ -1,7 +1,7 @@
 """Ray Train vs a plain PyTorch loop, same model, batch, steps and thread count; prints JSON.
 
     python benchmarks/train_throughput.py [--config jobs/configs/digits-cgan.yaml]
-        [--steps 60] [--warmup 10] [--threads N] [--set key=value ...]
+        [--steps 60] [--warmup 10] [--threads N] [--set key=value ...] [--s3]
 
 Measured in one run, so the ratios are fair even on a shared machine:
   plain      GANTrainer.train_step() in this process, torch.set_num_threads(threads)
@@ -9,6 +9,12 @@ Measured in one run, so the ratios are fair even on a shared machine:
              DDP-less worker, ray.train.report every report_every steps, param hashes,
              metrics.jsonl writes)
   ray_2      2 workers, threads_per_worker = threads // 2 (global batch = 2 x batch_size)
+  ray_1_ckpt ray_1 with a checkpoint at every report, into --storage (local, or S3 on a moto
+             server with --s3): throughput with checkpoints inside the window, and the time
+             rank 0 blocks per checkpoint (it writes the folder locally; Ray Train uploads it
+             in the background)
+  sync_ckpt  the same checkpoint written straight to that storage by the training process,
+             as rank 0 did before checkpoints went through Ray Train: its blocking time then
 The plain loop runs before and after ray_1 and its mean is the baseline (load drifts).
 Ray's throughput is taken from metrics.jsonl: images between the first report after warmup
 and the last report, over the wall time between them (report overhead included; Ray and
@@ -46,13 +52,14 @@ def plain_images_per_s(cfg, threads: int, warmup: int, steps: int) -> float:
     return steps * cfg.training.batch_size / (time.perf_counter() - t0)
 
 
-def ray_images_per_s(cfg, workers: int, threads: int, warmup: int, steps: int, root: str, name: str) -> dict:
+def ray_images_per_s(cfg, workers: int, threads: int, warmup: int, steps: int, root: str, name: str,
+                     checkpoint_every: int | None = None) -> dict:
     from ganaug.config import config_from_dict
     from ganaug.training import run_files
     from ganaug.training.worker import run_training
 
     d = cfg.to_dict()
-    d["training"].update(steps=warmup + steps, report_every=warmup, checkpoint_every=warmup + steps,
+    d["training"].update(steps=warmup + steps, report_every=warmup, checkpoint_every=checkpoint_every or warmup + steps,
                          threads_per_worker=threads, num_workers=workers)
     run_cfg = config_from_dict(d)
     t0 = time.perf_counter()
@@ -63,7 +70,32 @@ def ray_images_per_s(cfg, workers: int, threads: int, warmup: int, steps: int, r
     rate = (last["images_seen"] - first["images_seen"]) / (last["seconds"] - first["seconds"])
     return {"images_per_s": rate, "threads_per_worker": threads, "workers": workers,
             "global_batch": summary["global_batch"], "wall_seconds_incl_startup": round(wall, 1),
-            "ranks_in_sync": summary.get("ranks_in_sync")}
+            "ranks_in_sync": summary.get("ranks_in_sync"), "checkpoint_block_s": summary.get("checkpoint_block_s")}
+
+
+def sync_checkpoint_seconds(cfg, root: str, repeats: int = 3) -> float:
+    """Rank 0's old blocking path: grid, weights and train state written to the final storage."""
+    from ganaug import checkpoint, storage
+    from ganaug.data import load_dataset
+    from ganaug.training.loop import GANTrainer
+    from ganaug.training.worker import _grid_png
+
+    data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels)
+    trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device="cpu")
+    trainer.train_step()
+    meta = trainer.model_meta()
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        png = _grid_png(trainer, meta, None)
+        weights = trainer.weights()
+        uri = storage.join(root, "sync", "checkpoints", checkpoint.step_dir_name(i))
+        checkpoint.save_checkpoint(uri, meta=meta, generator_ema=weights["generator_ema"],
+                                   generator=weights["generator"], discriminator=weights["discriminator"],
+                                   train_state=trainer.state_dict(include_weights=False), samples_png=png)
+        storage.write_bytes(storage.join(root, "sync", "samples", f"{i}.png"), png)
+        times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
 
 
 def main() -> None:
@@ -73,6 +105,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--s3", action="store_true", help="checkpoint arms write to S3 on a local moto server")
     args = ap.parse_args()
     if args.steps % args.warmup:
         ap.error("--steps must be a multiple of --warmup (reports every warmup steps)")
@@ -80,11 +113,23 @@ def main() -> None:
     from ganaug.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    server = None
     with tempfile.TemporaryDirectory(prefix="ganaug-bench-") as root:
+        ckpt_root = root
+        if args.s3:
+            from generate_throughput import start_moto
+
+            server, _ = start_moto()   # before Ray starts: its workers inherit the endpoint
+            ckpt_root = "s3://bench/train-throughput"
         plain_a = plain_images_per_s(cfg, args.threads, args.warmup, args.steps)
         ray1 = ray_images_per_s(cfg, 1, args.threads, args.warmup, args.steps, root, "one")
         plain_b = plain_images_per_s(cfg, args.threads, args.warmup, args.steps)
+        ray1_ckpt = ray_images_per_s(cfg, 1, args.threads, args.warmup, args.steps, ckpt_root, "ckpt",
+                                     checkpoint_every=args.warmup)
+        sync_s = sync_checkpoint_seconds(cfg, ckpt_root)
         ray2 = ray_images_per_s(cfg, 2, max(1, args.threads // 2), args.warmup, args.steps, root, "two")
+    if server is not None:
+        server.stop()
     plain = (plain_a + plain_b) / 2
     out = {
         "benchmark": "train_throughput",
@@ -97,6 +142,12 @@ def main() -> None:
         "ratio_ray1_vs_plain": round(ray1["images_per_s"] / plain, 3),
         "target_ratio_ray1_vs_plain": 0.9,
         "ratio_ray2_vs_ray1": round(ray2["images_per_s"] / ray1["images_per_s"], 3),
+        "checkpoint_storage": "s3 (moto)" if args.s3 else "local",
+        "ray_1worker_checkpoint_every_report": {**ray1_ckpt, "images_per_s": round(ray1_ckpt["images_per_s"], 1)},
+        "ratio_ray1_checkpointing_vs_plain": round(ray1_ckpt["images_per_s"] / plain, 3),
+        "target_ratio_ray1_vs_plain_issue15": 0.95,
+        "rank0_block_s_per_checkpoint": {"before_sync_write": round(sync_s, 4),
+                                         "after_async_upload": ray1_ckpt.get("checkpoint_block_s")},
     }
     print(json.dumps(out))
 

@@ -286,6 +286,7 @@ class _ReportWatcher:
         self.in_sync = True
         self.nodes: set[str] = set()
         self.reports = 0
+        self.checkpoint_seconds: list[float] = []   # rank 0's blocking time per checkpoint
         self.last_step = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ganaug-progress", daemon=True)
@@ -345,6 +346,8 @@ class _ReportWatcher:
         if len(hashes) > 2 or len(hashes_d) > 2:
             self.in_sync = False
         self.nodes.update(r["node"] for r in ranks if r.get("node"))
+        if ranks and ranks[0].get("checkpoint_s") is not None:
+            self.checkpoint_seconds.append(float(ranks[0]["checkpoint_s"]))
         r0 = ranks[0] if ranks else {}
         if r0.get("resumed_from") is not None:
             self._say(f"resumed from step {r0['resumed_from']} ({r0.get('resume_uri', '')})")
@@ -436,6 +439,8 @@ def summarize(plan: RunPlan, progress: _ReportWatcher | None = None, wall_second
         out["ranks_in_sync"] = progress.in_sync
         out["g_hashes"] = [r.get("g_hash") for r in progress.last_ranks]
         out["nodes"] = len(progress.nodes)
+        if progress.checkpoint_seconds:
+            out["checkpoint_block_s"] = round(sum(progress.checkpoint_seconds) / len(progress.checkpoint_seconds), 4)
     return run_files.redact_obj(out)
 
 
@@ -685,8 +690,11 @@ class _RankRun:
             self.send(report, None)
 
     def on_checkpoint(self, step: int) -> None:
+        t0 = time.perf_counter()
         folder = self.save_checkpoint(step) if self.rank == 0 else None
         metrics = self.pending or {"step": step, "images_seen": self.trainer.images_seen}
+        if folder is not None:  # how long rank 0 held training up to write it (Train uploads it later)
+            metrics = dict(metrics, checkpoint_s=round(time.perf_counter() - t0, 4))
         if self.jit:
             metrics = dict(metrics, preemption_checkpoint=True)
         self.send(metrics, folder)
