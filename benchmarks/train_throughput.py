@@ -78,7 +78,7 @@ def sync_checkpoint_seconds(cfg, root: str, repeats: int = 3) -> float:
     from ganaug import checkpoint, storage
     from ganaug.data import load_dataset
     from ganaug.training.loop import GANTrainer
-    from ganaug.training.worker import _grid_png
+    from ganaug.training.rank import _grid_png
 
     data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels)
     trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device="cpu")

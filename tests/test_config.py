@@ -99,7 +99,7 @@ def test_job_entrypoints_name_themselves(command, capsys):
 
 
 def test_resume_check_reads_keys_older_runs_lack_as_their_old_meaning():
-    from ganaug.training.worker import _diff_sections
+    from ganaug.training.plan import _diff_sections
 
     old = {"model": {"family": "cgan", "width": 16}, "data": {"spec": "builtin:digits"}}
     same = {"model": {"family": "cgan", "width": 16, "mbstd_group": 0, "mode_seeking": 0.0},
