@@ -265,12 +265,30 @@ def latest_checkpoint(run_uri: str) -> str | None:
     return None
 
 
-def resolve_checkpoint(uri: str) -> str:
-    """Accept a checkpoint folder or a run folder (-> its latest checkpoint)."""
+BEST = "best.json"   # {run}/best.json: the checkpoint training.select_by judged best so far
+
+
+def read_best(run_uri: str) -> dict | None:
+    uri = storage.join(run_uri, BEST)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def resolve_with_reason(uri: str) -> tuple[str, str]:
+    """(checkpoint folder, how it was chosen): the folder itself; for a run folder, the
+    checkpoint its best.json names when that one is whole, else its latest whole checkpoint."""
     if storage.exists(storage.join(uri, MARKER)):
-        return uri
-    latest = latest_checkpoint(uri) if storage.exists(checkpoints_root(uri)) else None
-    if latest:
-        return latest
+        return uri, "folder"
+    if storage.exists(checkpoints_root(uri)):
+        best = read_best(uri)
+        if best and best.get("checkpoint") and is_whole(best["checkpoint"]):
+            return best["checkpoint"], f"best by {best.get('metric', '?')} ({best.get('kid', '?')}) at step {best.get('step')}"
+        latest = latest_checkpoint(uri)
+        if latest:
+            return latest, "latest"
     load_meta(uri)  # raises the precise error (missing / incomplete)
-    return uri
+    return uri, "folder"
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """Accept a checkpoint folder or a run folder (-> its best checkpoint if judged, else its latest)."""
+    return resolve_with_reason(uri)[0]

@@ -54,6 +54,7 @@ ABSENT_MEANS = {
     "model.mbstd_group": 0,
     "model.mode_seeking": 0.0,   # the default became 1.0 (MSGAN term) after runs existed
     "model.pool_size": 0,        # cyclegan ran without its image pool before the key existed
+    "data.holdout": 0.0,         # every row trained before rows could be held back
 }
 
 
@@ -123,6 +124,10 @@ class DataConfig:
     # (paired for pix2pix), or the dataset `source_spec` when set (unpaired for cyclegan).
     source_transform: str = "invert"   # invert | edges | blur | grayscale | none
     source_spec: str = ""
+    # Share of data.spec's rows held back from training (class-stratified, seeded): the
+    # reference that training.select_by scores checkpoints against. A data change: it changes
+    # the rows the GAN sees, so a resume compares it.
+    holdout: float = 0.0
 
     def validate(self, prefix: str = "data") -> None:
         _check(bool(self.spec.strip()), f"{prefix}.spec", self.spec, "a dataset spec such as 'builtin:digits'")
@@ -130,6 +135,7 @@ class DataConfig:
                f"{prefix}.resolution", self.resolution, "a power of two in [16, 256]")
         _check(self.channels in (1, 3), f"{prefix}.channels", self.channels, "1 or 3")
         _check_name(SOURCE_TRANSFORMS, self.source_transform, f"{prefix}.source_transform")
+        _check(0.0 <= self.holdout <= 0.5, f"{prefix}.holdout", self.holdout, "a share in [0, 0.5]")
 
 
 @dataclass
@@ -183,6 +189,11 @@ class TrainingConfig:
     # custom resource that only one node type has): the workers then run on that node type,
     # and an autoscaler starts such nodes for them.
     resources_per_worker: dict[str, float] = field(default_factory=dict)
+    # Checkpoint selection: "kid" scores every checkpoint's G_ema (select_samples images) by KID
+    # in the domain feature space against the data.holdout rows, keeps {run}/best.json on the
+    # lowest, and `--checkpoint RUN` then means that checkpoint. "none": the latest.
+    select_by: str = "none"
+    select_samples: int = 500
 
     def validate(self, prefix: str = "training") -> None:
         for k in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "report_every",
@@ -193,6 +204,8 @@ class TrainingConfig:
         _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{prefix}.threads_per_worker", self.threads_per_worker, "an integer >= 0")
         _check_name(LOSSES, self.loss, f"{prefix}.loss")
+        _check(self.select_by in ("none", "kid"), f"{prefix}.select_by", self.select_by, "none or kid")
+        _check(self.select_samples >= 2, f"{prefix}.select_samples", self.select_samples, "an integer >= 2")
         for name in self.resources_per_worker:
             _check(name not in ("CPU", "GPU", "memory"), f"{prefix}.resources_per_worker.{name}", name,
                    "a custom resource name (CPU and GPU come from the worker count and use_gpu)")
@@ -234,6 +247,8 @@ class RunConfig:
         self.data.validate()
         self.training.validate()
         self.storage.validate()
+        _check(self.training.select_by == "none" or self.data.holdout > 0, "data.holdout", self.data.holdout,
+               f"a share > 0 when training.select_by is {self.training.select_by!r} (the rows it judges against)")
         return self
 
     def family_defaults(self) -> dict[str, Any]:

@@ -334,3 +334,66 @@ def test_two_simulated_nodes_one_worker_each(tmp_path, s3):
     assert summary["step"] == 8 and summary["ranks_in_sync"] is True
     assert summary["run"] == str(tmp_path / "store" / "multi")
     assert (tmp_path / "store" / "multi" / "checkpoints" / "step-0000008" / "model.json").is_file()
+
+
+def test_checkpoint_selection_by_kid_follows_the_metric_and_survives_resume(ray_session, tmp_path):  # noqa: F811
+    """training.select_by: kid scores each checkpoint against the held-back rows; best.json names
+    the lowest KID, `--checkpoint RUN` resolves to it, Ray Train's retention keeps it (and the
+    latest), and a resumed run keeps judging against the same best."""
+    from ganaug.training.worker import run_training
+
+    root = str(tmp_path / "store")
+    select = ["data.holdout=0.2", "training.select_by=kid", "training.select_samples=64",
+              "training.keep_checkpoints=1", "training.checkpoint_every=4"]
+    first = run_training(tiny_cfg(12, *select), workers=1, storage_root=root, name="judged", echo=None)
+    run = first["run"]
+    assert first["data"]["holdout"] == 0.2
+
+    def judged() -> dict[int, float]:
+        return {r["step"]: r["kid"] for r in run_files.read_metrics(run) if "kid" in r}
+
+    kids = judged()
+    assert sorted(kids) == [4, 8, 12] and all(v == v for v in kids.values())  # one score per checkpoint
+    best_step = min(kids, key=kids.get)
+    best = checkpoint.read_best(run)
+    assert first["best"] == best and best["step"] == best_step and best["kid"] == kids[best_step]
+    assert checkpoint.resolve_checkpoint(run) == best["checkpoint"]
+    assert checkpoint.resolve_with_reason(run)[1].startswith("best by kid (")
+    # Retention keeps the best by quality plus the latest, whatever keep_checkpoints says.
+    kept = [s for s, _ in checkpoint.list_checkpoints(run)]
+    assert best_step in kept and 12 in kept and len(kept) <= 2
+
+    # Resume: the judge starts from the run's best.json, so the pointer still names the run's minimum.
+    second = run_training(tiny_cfg(20, *select), workers=1, storage_root=root, name="judged", echo=None)
+    assert second["resumed_from"] == 12 and second["step"] == 20
+    kids = judged()
+    assert sorted(kids) == [4, 8, 12, 16, 20]
+    best_step = min(kids, key=kids.get)
+    assert checkpoint.read_best(run)["step"] == best_step
+    assert checkpoint.resolve_checkpoint(run).endswith(checkpoint.step_dir_name(best_step))
+
+
+def test_selection_needs_held_back_rows_and_a_noise_model(tmp_path):
+    from ganaug.config import ConfigError
+    from ganaug.training.worker import prepare_run
+
+    with pytest.raises(ConfigError, match="data.holdout"):
+        tiny_cfg(8, "training.select_by=kid")
+    cfg = load_config(REPO / "jobs/configs/pix2pix-digits.yaml", ["data.holdout=0.1"])
+    with pytest.raises(UserError, match="translates images"):
+        prepare_run(cfg, storage_root=str(tmp_path), name="p2p")
+
+
+def test_holdout_split_is_stratified_seeded_and_disjoint():
+    import numpy as np
+
+    from ganaug.training.quality import holdout_split
+
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 1 + [3] * 2)
+    keep, held = holdout_split(labels, 0.2, seed=3)
+    assert set(keep).isdisjoint(held) and len(keep) + len(held) == len(labels)
+    counts = {c: int((labels[held] == c).sum()) for c in range(4)}
+    assert counts == {0: 10, 1: 6, 2: 0, 3: 1}   # a one-row class keeps its row; at least one of two
+    again = holdout_split(labels, 0.2, seed=3)
+    assert (again[0] == keep).all() and (again[1] == held).all()
+    assert not (holdout_split(labels, 0.2, seed=4)[1] == held).all()

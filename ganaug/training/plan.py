@@ -148,6 +148,12 @@ def prepare_run(cfg: RunConfig, workers: int | None = None, use_gpu: bool | None
     if not _NAME_RE.match(name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (a folder and Ray run name)")
 
+    if tc.select_by != "none" or cfg.data.holdout > 0:
+        from ganaug.families import FAMILIES
+
+        if FAMILIES.get(cfg.model.family).load().kind != "noise":
+            raise UserError(f"config keys 'training.select_by' and 'data.holdout' judge generated samples; "
+                            f"{cfg.model.family} translates images (leave them at none and 0)")
     # The data spec: parse + a cheap summary (row count, classes, first image); workers load it.
     summary = _check_spec("data.spec", cfg.data.spec)
     if cfg.data.source_spec:

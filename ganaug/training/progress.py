@@ -173,6 +173,12 @@ def summarize(plan: RunPlan, progress: _ReportWatcher | None = None, wall_second
         "config": run_files.config_uri(plan.run_uri),
         "samples": run_files.samples_uri(plan.run_uri, step) if latest else None,
     }
+    if plan.cfg.data.holdout > 0:  # these rows were held back from the GAN (the judge's reference)
+        out["data"]["holdout"] = plan.cfg.data.holdout
+    if plan.cfg.training.select_by != "none":
+        from ganaug import checkpoint
+
+        out["best"] = checkpoint.read_best(plan.run_uri)  # what --checkpoint RUN now means
     if wall_seconds is not None:
         out["wall_seconds"] = round(wall_seconds, 3)
     if progress is not None:

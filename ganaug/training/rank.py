@@ -104,6 +104,8 @@ class _RankRun:
     first_report: bool = True
     pending: dict | None = None   # a checkpoint step's metrics, reported with its checkpoint
     stopping: bool = False        # the budget made this step the last one (budget_spent)
+    judge: Any = None             # rank 0 with training.select_by: the QualityJudge
+    best: dict | None = None      # rank 0: best.json so far (kept across resumes)
     jit: bool = False             # a preemption notice made this step a checkpoint step
     notice: tuple = ()            # the preempted nodes of the notice already checkpointed for
 
@@ -126,8 +128,10 @@ class _RankRun:
 
     def on_checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()
-        folder = self.save_checkpoint(step) if self.rank == 0 else None
         metrics = self.pending or {"step": step, "images_seen": self.trainer.images_seen}
+        if self.judge is not None:  # before the checkpoint, so metrics.jsonl carries the score
+            metrics = dict(metrics, **self.judge_checkpoint(step))
+        folder = self.save_checkpoint(step) if self.rank == 0 else None
         if folder is not None:  # how long rank 0 held training up to write it (Train uploads it later)
             metrics = dict(metrics, checkpoint_s=round(time.perf_counter() - t0, 4))
         if self.jit:
@@ -153,6 +157,21 @@ class _RankRun:
             samples_png=png)
         storage.write_bytes(run_files.samples_uri(self.run_uri, step), png)
         return folder
+
+    def judge_checkpoint(self, step: int) -> dict:
+        """Rank 0: KID of this checkpoint's G_ema; best.json moves when it is the lowest so far.
+        `quality` (-KID) is what Ray Train's retention keeps the best checkpoints by."""
+        from ganaug import checkpoint
+        from ganaug.training.quality import best_record, better
+
+        kid = self.judge.kid(self.trainer.G_ema, self.meta_base)
+        if self.metrics_log is not None and self.metrics_log.last and self.metrics_log.last["step"] == step:
+            self.metrics_log.last["kid"] = kid
+        if better(kid, self.best):
+            uri = storage.join(checkpoint.checkpoints_root(self.run_uri), checkpoint.step_dir_name(step))
+            self.best = best_record(step, uri, kid)
+            storage.write_json(storage.join(self.run_uri, checkpoint.BEST), self.best)
+        return {"kid": kid, "quality": -kid, "best_step": self.best["step"]}
 
     def after_step(self, step: int) -> bool:
         """fit's should_stop: at report steps, heed a preemption notice, then the time budget."""
@@ -237,14 +256,19 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = config_from_dict(config["config"])
     device = _worker_device(cfg, rank, ctx.get_local_world_size())
-    # 2. Load the data (every rank its own copy) and build the trainer.
+    # 2. Load the data (every rank its own copy), hold back data.holdout of it, build the trainer.
     data, source = _load_worker_data(cfg)
+    data, held_back = _hold_back(cfg, data)
     trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device=device, rank=rank,
                          world_size=world, source_images=source)
     # 3. Resume from the newest complete checkpoint, the same one on every rank.
     resume_uri = _resume(trainer, config["run_uri"], rank)
     # 4. Train: the callbacks report, checkpoint and watch the time budget.
     run = _rank_run(config, trainer, rank, resume_uri, data.images, source)
+    if rank == 0 and cfg.training.select_by != "none":  # the other ranks wait at the first collective
+        from ganaug import checkpoint
+
+        run.judge, run.best = _quality_judge(cfg, trainer, data, held_back), checkpoint.read_best(run.run_uri)
     if faults.armed("train.after_step"):
         _inject_step_faults(trainer, rank, world)
     run.t_fit = time.perf_counter()
@@ -296,6 +320,29 @@ def _load_worker_data(cfg: RunConfig) -> tuple[Any, Any]:
     if d.source_spec:
         source = load_dataset(d.source_spec, d.resolution, d.channels, d.skip_bad).images
     return data, source
+
+
+def _hold_back(cfg: RunConfig, data):
+    """(the rows the GAN trains on, the held-back images): data.holdout of each class, seeded by
+    training.seed, the same cut on every rank and on every resume."""
+    if cfg.data.holdout <= 0:
+        return data, None
+    import dataclasses
+
+    from ganaug.training.quality import holdout_split
+
+    keep, held = holdout_split(data.labels, cfg.data.holdout, seed=cfg.training.seed)
+    kept = dataclasses.replace(data, images=data.images[keep], labels=data.labels[keep],
+                               sources=[data.sources[i] for i in keep])
+    return kept, data.images[held]
+
+
+def _quality_judge(cfg: RunConfig, trainer, data, held_back):
+    from ganaug.training.quality import QualityJudge
+
+    return QualityJudge.build(data.images, data.labels, held_back, num_classes=len(data.class_names),
+                              conditional=int(trainer.model_meta().get("num_classes", 0)) > 0,
+                              samples=cfg.training.select_samples)
 
 
 def _resume(trainer, run_uri: str, rank: int) -> str | None:

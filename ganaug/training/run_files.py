@@ -30,7 +30,7 @@ SAMPLES_DIR = "samples"
 # Keys of a metrics line that are bookkeeping, not values to print next to the losses.
 _NOT_SHOWN = {"step", "images_seen", "images_per_s", "seconds", "rank", "node", "g_hash", "d_hash",
               "resumed_from", "d_real_sign", "d_fake_g", "preemption_checkpoint",
-              "checkpoint_s"}
+              "checkpoint_s", "quality", "best_step"}
 _FIRST = ("loss_g", "loss_d", "d_real", "d_fake")
 
 

@@ -193,7 +193,12 @@ def _torch_trainer(plan: RunPlan, per_worker: dict, callback):
             storage_filesystem=storage_fs,
             # A preempted node is not a failure: Train retries it without counting max_failures.
             failure_config=FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            # With training.select_by, Train keeps the best checkpoints by quality (-KID), and
+            # always the latest (resume); else the newest.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=tc.keep_checkpoints,
+                checkpoint_score_attribute="quality" if tc.select_by != "none" else None,
+                checkpoint_score_order="max"),
             callbacks=[callback],
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
         ),
