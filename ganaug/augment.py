@@ -3,7 +3,10 @@
 DiffAugment (Zhao et al. 2020): color (brightness, saturation, contrast), translation (integer
 shifts, zero padding) and cutout, written as differentiable torch ops so G's gradient flows
 back through them. Each op is applied to each sample independently with probability p.
-ADA's heuristic (Karras et al. 2020) adapts p: every `interval` steps,
+`ada` instead selects ADA's own pipeline (Karras et al. 2020, "bgc": flips, rotations,
+translations, scalings, colour; ganaug/augment_ada.py), an op that takes p itself
+(`takes_p`) and applies each of its transforms with probability p; it stands alone.
+ADA's heuristic (Karras et al. 2020) adapts p for either choice: every `interval` steps,
 r_t = E[sign(D(aug(real)))]; p += sign(r_t - target) * (images in the interval) / (kimg * 1000),
 clamped to [0, 1]. target == 0 disables adaptation (p stays at its initial value).
 
@@ -22,10 +25,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ganaug.choices import AUGMENT_POLICIES
+from ganaug.choices import AUGMENT_POLICIES, augment_combination_error
+from ganaug.errors import UserError
 
 # ----------------------------------------------------------------------------- ops
-# Each op: (x [N, C, H, W] in [-1, 1], mask [N] bool of the samples to augment, groups) -> x'.
+# Each op: (x [N, C, H, W] in [-1, 1], mask [N] bool of the samples to augment, groups) -> x';
+# an op with `takes_p = True` (ada) is called as (x, p, groups) and draws its own chances.
 # `groups` (channel counts summing to C, or None = one group) splits x into images that share
 # every random draw but keep their own colour statistics, e.g. pix2pix's (A | B) pairs.
 
@@ -98,6 +103,9 @@ POLICIES = AUGMENT_POLICIES
 def parse_policies(policies: str | Sequence[str]) -> list[str]:
     names = [p.strip() for p in (policies.split(",") if isinstance(policies, str) else policies) if p.strip()]
     POLICIES.check(names)
+    problem = augment_combination_error(names)
+    if problem:
+        raise UserError(problem)
     return names
 
 
@@ -131,6 +139,9 @@ class AugmentPipe:
             raise ValueError(f"channel groups {list(groups)} do not sum to {x.shape[1]} channels")
         for name in self.policies:
             for op in POLICIES.get(name):
+                if getattr(op, "takes_p", False):  # a whole pipeline with its own per-op chances (ada)
+                    x = op(x, self.p, groups)
+                    continue
                 mask = torch.rand(x.shape[0], device=x.device) < self.p
                 x = op(x, mask, groups)
         return x

@@ -22,6 +22,21 @@ for _name, _cls in (("ns", "NonSaturating"), ("hinge", "Hinge"), ("lsgan", "Leas
 AUGMENT_POLICIES: Registry[Sequence[Callable[..., Any]]] = Registry("augmentation policy")
 for _name in ("color", "translation", "cutout"):
     AUGMENT_POLICIES.register_lazy(_name, f"ganaug.augment:{_name.upper()}_OPS")
+# ADA's own "bgc" pipeline (ganaug/augment_ada.py): one op that takes p itself.
+AUGMENT_POLICIES.register_lazy("ada", "ganaug.augment_ada:ADA_OPS")
+# Policies that are a complete pipeline on their own, not to be listed with others.
+STANDALONE_AUGMENT_POLICIES = ("ada",)
+
+
+def augment_combination_error(names: Sequence[str]) -> str | None:
+    """Why a list of augment policies cannot be combined, or None when it can."""
+    alone = [n for n in names if n in STANDALONE_AUGMENT_POLICIES]
+    if alone and len(names) > 1:
+        return (f"augment policy '{alone[0]}' is ADA's complete pipeline (it has its own colour and "
+                f"translation ops) and must stand alone; got {','.join(names)!r}: use '{alone[0]}' by "
+                f"itself, or a comma list of the DiffAugment policies "
+                f"{', '.join(n for n in AUGMENT_POLICIES.names() if n not in STANDALONE_AUGMENT_POLICIES)}")
+    return None
 
 # data.source_transform -> uint8 NHWC -> uint8 NHWC (ganaug/training/pairs.py)
 SOURCE_TRANSFORMS: Registry[Callable[[Any], Any]] = Registry("source transform")

@@ -22,7 +22,12 @@ from typing import Any
 
 import yaml
 
-from ganaug.choices import AUGMENT_POLICIES, LOSSES, SOURCE_TRANSFORMS
+from ganaug.choices import (
+    AUGMENT_POLICIES,
+    LOSSES,
+    SOURCE_TRANSFORMS,
+    augment_combination_error,
+)
 from ganaug.errors import UserError
 from ganaug.families import FAMILIES
 from ganaug.registry import Registry
@@ -169,7 +174,7 @@ class TrainingConfig:
     gp_weight: float = 10.0        # WGAN-GP weight
     ema_beta: float = 0.999        # G_ema decay once ramped up
     ema_rampup: float = 0.05       # ramp: beta_t = min(beta, (1 + t)/(10 + t)) style, as a fraction of steps
-    augment: str = "translation,cutout"  # DiffAugment policies for D's inputs: color, translation, cutout
+    augment: str = "translation,cutout"  # D's inputs: DiffAugment color,translation,cutout list, or ada
     ada_target: float = 0.6        # adaptive p target of the r_t heuristic (0 disables adaptation)
     ada_p: float = 0.0             # initial augmentation probability
     ada_interval: int = 4          # steps between p updates
@@ -219,9 +224,12 @@ class TrainingConfig:
         for k in ("r1_gamma", "pl_weight", "gp_weight", "ada_kimg", "max_minutes"):
             v = getattr(self, k)
             _check(v >= 0, f"{prefix}.{k}", v, "a number >= 0")
-        for p in self.augment.split(","):  # a comma list of policies, or empty
-            if p.strip():
-                _check_name(AUGMENT_POLICIES, p.strip(), f"{prefix}.augment")
+        policies = [p.strip() for p in self.augment.split(",") if p.strip()]  # a comma list, or empty
+        for p in policies:
+            _check_name(AUGMENT_POLICIES, p, f"{prefix}.augment")
+        problem = augment_combination_error(policies)  # 'ada' stands alone
+        if problem:
+            raise ConfigError(f"config key '{prefix}.augment': {problem}")
 
 
 @dataclass
