@@ -88,36 +88,52 @@ DRIVER = textwrap.dedent("""
     import json, sys
     import ray
     from ganaug.config import load_config
+    from ganaug.generation import GenerateConfig, run_generate
     from ganaug.training.worker import run_training
+    from tiny import tiny_cgan_checkpoint
 
     config, overrides, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     ray.init(log_to_driver=False)   # RAY_ADDRESS: the autoscaling head
+
+    def accel_nodes():
+        return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("accel"))
+
     out = {"nodes_before": sum(1 for n in ray.nodes() if n["Alive"])}
+    # 1. Generation: one sampling actor that needs an accel node.
+    ckpt = tiny_cgan_checkpoint(root + "/tiny", [str(i) for i in range(10)])
+    out["generate"] = run_generate(GenerateConfig(checkpoint=ckpt, out=root + "/set", num=40, rows_per_shard=20,
+                                                  workers=1, resources={"accel": 1}, shared_fs=True), progress=False)
+    out["accel_after_generate"] = accel_nodes()
+    # 2. Training: two workers, each needs an accel node.
     lines = []
     cfg = load_config(config, overrides)
     out["train"] = run_training(cfg, workers=2, storage_root=root, name="scaled", echo=lines.append, shared_fs=True)
     out["train_lines"] = lines
-    out["accel_nodes"] = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("accel"))
+    out["accel_nodes"] = accel_nodes()
     print(json.dumps(out))
 """)
 
 
 @pytest.mark.timeout(600)
 def test_autoscaler_adds_the_nodes_a_job_asks_for(autoscaling_cluster, tmp_path):
-    """Training asks each of its 2 workers for 1 `accel` (training.resources_per_worker); the
-    cluster has none, says so, the autoscaler starts two `accel` nodes and the run completes on
-    them."""
+    """A generation job's one sampling actor asks for 1 `accel` (--resources): the cluster has
+    none, the autoscaler starts an `accel` node and the set is made there. Then training asks
+    each of its 2 workers for 1 `accel` (training.resources_per_worker): it says what it waits
+    for, the autoscaler starts a second node, and the run completes on the two."""
     from test_train_ray import TINY
 
     overrides = [*TINY, "training.steps=8", 'training.resources_per_worker={"accel": 1}']
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, str(REPO / "jobs/configs/digits-cgan.yaml"), json.dumps(overrides),
          str(tmp_path / "store")],
-        cwd=tmp_path, env=autoscaling_cluster["env"], capture_output=True, text=True, timeout=540, check=False)
+        cwd=tmp_path, env=dict(autoscaling_cluster["env"], PYTHONPATH=str(REPO / "tests")), capture_output=True,
+        text=True, timeout=540, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:] + autoscaling_cluster["log"].read_text()[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["nodes_before"] == 1, out
-    assert any(line.startswith("waiting for 2 accel: the cluster has 0 now") for line in out["train_lines"]), out
+    made = out["generate"]
+    assert made["rows"] == 40 and made["generated_rows"] == 40 and out["accel_after_generate"] == 1, out
+    assert any(line.startswith("waiting for 2 accel: the cluster has 1 now") for line in out["train_lines"]), out
     train = out["train"]
     assert train["complete"] and train["step"] == 8 and train["nodes"] == 2, train
     assert out["accel_nodes"] == 2
