@@ -195,9 +195,137 @@ def test_rayservice_embeds_serve_config_exactly():
     assert "secretKeyRef" in _env(head)["GANAUG_API_TOKEN"]["valueFrom"], "API token from a Secret"
 
 
+# ------------------------------------------------------------ GCS fault tolerance (external Redis)
+
+def _redis_conf(text: str) -> dict[str, str]:
+    """redis.conf directives (the last one wins, as in Redis), comments dropped."""
+    conf = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf[key.lower()] = value.strip()
+    return conf
+
+
+@dataclass
+class _Redis:
+    deployment: dict
+    service: dict
+    pvc: dict
+    conf: dict[str, str]
+
+    @property
+    def pod(self) -> dict:
+        return self.deployment["spec"]["template"]
+
+    @property
+    def container(self) -> dict:
+        (c,) = _containers(self.pod)
+        return c
+
+
+def _redis() -> _Redis:
+    path = CLUSTER_DIR / "redis.yaml"
+    cm = _one(path, "ConfigMap")
+    return _Redis(_one(path, "Deployment"), _one(path, "Service"), _one(path, "PersistentVolumeClaim"),
+                  _redis_conf(cm["data"]["redis.conf"]))
+
+
+def _example_secrets() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in _docs(CLUSTER_DIR / "secret-s3.example.yaml") if d["kind"] == "Secret"}
+
+
+def _check_gcs_ft(rc_spec: dict, annotations: dict, where: str) -> None:
+    """KubeRay >= 1.3 GCS FT on the Redis of redis.yaml, the password from the Secret Redis requires."""
+    ft = rc_spec.get("gcsFaultToleranceOptions")
+    assert ft, f"{where}: GCS fault tolerance on (gcsFaultToleranceOptions)"
+    # The password: a secretKeyRef only (no literal `value`), to the key the example Secret holds.
+    pw = ft["redisPassword"]
+    assert set(pw) == {"valueFrom"} and set(pw["valueFrom"]) == {"secretKeyRef"}, f"{where}: {pw}"
+    ref = pw["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in _example_secrets()[ref["name"]]["stringData"], f"{where}: {ref} not in the example Secrets"
+    # The address: the Redis Service, on a port it exposes, which reaches the port Redis listens on.
+    redis = _redis()
+    host, port = ft["redisAddress"].removeprefix("redis://").rsplit(":", 1)
+    assert host == redis.service["metadata"]["name"], f"{where}: {host} is not the Service in redis.yaml"
+    (svc_port,) = [p for p in redis.service["spec"]["ports"] if p["port"] == int(port)]
+    target = svc_port.get("targetPort", svc_port["port"])
+    (c_port,) = [p for p in redis.container["ports"] if target in (p["containerPort"], p.get("name"))]
+    assert redis.conf["port"] == str(c_port["containerPort"])
+    assert redis.service["spec"]["selector"].items() <= redis.pod["metadata"]["labels"].items()
+    # Redis requires exactly that Secret key.
+    assert _env(redis.container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+    # Not mixed with the pre-1.3 configuration (KubeRay rejects the mix); the storage namespace stays
+    # KubeRay's per-cluster default, so a RayService upgrade never reads the old cluster's state.
+    assert not {"ray.io/ft-enabled", "ray.io/external-storage-namespace"} & set(annotations), where
+    assert "externalStorageNamespace" not in ft, where
+    head = rc_spec["headGroupSpec"]
+    assert not {"redis-password", "redis-username"} & set(head["rayStartParams"]), where
+    pods = [head["template"]] + [g["template"] for g in rc_spec["workerGroupSpecs"]]
+    for c in (c for t in pods for c in _containers(t)):
+        assert not {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD", "REDIS_USERNAME"} & set(_env(c)), f"{where}: {c['name']}"
+
+
+def test_rayservice_has_gcs_fault_tolerance():
+    rs = _one(CLUSTER_DIR / "rayservice.yaml", "RayService")
+    spec = rs["spec"]["rayClusterConfig"]
+    _check_gcs_ft(spec, rs["metadata"].get("annotations", {}), "rayservice.yaml")
+    # No replica on the head: what runs there stops while it restarts; the workers' replicas keep serving.
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_redis_password_is_referenced_never_inlined():
+    redis = _redis()
+    args = " ".join(redis.container.get("command", []) + redis.container.get("args", []))
+    # requirepass is generated at start-up from the Secret's env var, into an in-memory volume that
+    # redis.conf includes; neither the ConfigMap nor the command line holds the password.
+    assert "requirepass" not in redis.conf
+    include = redis.conf["include"]
+    assert f"> {include}" in args and '"$REDIS_PASSWORD"' in args and "redis-server" in args
+    mounts = {m["mountPath"]: m["name"] for m in redis.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in redis.pod["spec"]["volumes"]}
+    assert volumes[mounts[str(Path(include).parent)]]["emptyDir"]["medium"] == "Memory"
+    probe = " ".join(redis.container["readinessProbe"]["exec"]["command"])
+    assert "REDISCLI_AUTH=" in probe and "$REDIS_PASSWORD" in probe and "-a " not in probe
+
+
+def test_redis_persists_its_data_across_restarts():
+    redis = _redis()
+    # Append-only file plus snapshots, never evicting a GCS key.
+    assert redis.conf["appendonly"] == "yes" and redis.conf.get("appendfsync", "everysec") in ("everysec", "always")
+    assert redis.conf.get("maxmemory-policy", "noeviction") == "noeviction"
+    # ... in `dir`, which is the mount of the PVC defined next to it.
+    mounts = {m["mountPath"]: m["name"] for m in redis.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in redis.pod["spec"]["volumes"]}
+    data = volumes[mounts[redis.conf["dir"]]]
+    assert data["persistentVolumeClaim"]["claimName"] == redis.pvc["metadata"]["name"]
+    assert redis.pvc["spec"]["accessModes"] == ["ReadWriteOnce"] and redis.pvc["spec"]["resources"]["requests"]["storage"]
+    # One server on that volume: the old pod stops before the new one starts.
+    assert redis.deployment["spec"]["replicas"] == 1
+    assert redis.deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert redis.deployment["spec"]["selector"]["matchLabels"].items() <= redis.pod["metadata"]["labels"].items()
+    sc = redis.pod["spec"]["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["fsGroup"] == sc["runAsUser"], "the volume is writable by Redis"
+
+
+def test_readme_documents_gcs_fault_tolerance():
+    text = README.read_text()
+    m = re.search(r"^### GCS fault tolerance.*?(?=^##)", text, re.DOTALL | re.MULTILINE)
+    assert m, "cluster/README.md needs a '### GCS fault tolerance' section"
+    section = m.group(0)
+    for needle in ["kubectl create secret generic ganaug-redis", "kubectl apply -f cluster/redis.yaml",
+                   "kubectl apply -f cluster/networkpolicy.yaml", "kubectl apply -f cluster/rayservice.yaml",
+                   "gcsFaultToleranceOptions", "ganaug-serve-serve-svc", "Serve keeps serving",
+                   "driver does not survive", "resumes from the latest", "writes only", "PersistentVolumeClaim"]:
+        assert needle in section, f"the GCS fault tolerance section lacks {needle!r}"
+    # Redis before the RayService that needs it.
+    assert section.index("kubectl apply -f cluster/redis.yaml") < section.index("kubectl apply -f cluster/rayservice.yaml")
+
+
 def test_manifests_hold_no_literal_secrets():
     secret_names = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN",
-                    "GANAUG_API_TOKEN"}
+                    "GANAUG_API_TOKEN", "REDIS_PASSWORD"}
     for path in sorted(CLUSTER_DIR.glob("*.yaml")):
         for doc in _docs(path):
             if doc.get("kind") == "Secret":
@@ -208,6 +336,14 @@ def test_manifests_hold_no_literal_secrets():
                 if d.get("name") in secret_names:
                     assert "value" not in d and "secretKeyRef" in d.get("valueFrom", {}), \
                         f"{path.name}: {d['name']} must come from a Secret"
+                for key in ("redisPassword", "redisUsername"):   # KubeRay's GCS FT credentials
+                    if key in d:
+                        assert "value" not in d[key] and "secretKeyRef" in d[key]["valueFrom"], \
+                            f"{path.name}: {key} must come from a Secret"
+                if d.get("kind") == "ConfigMap":
+                    for text in d.get("data", {}).values():
+                        assert not re.search(r"^\s*(requirepass|masterauth)\s", text, re.MULTILINE), \
+                            f"{path.name}: a password in a ConfigMap"
     runtime_env = yaml.safe_load((CLUSTER_DIR / "runtime_env.yaml").read_text())
     assert not any(k in secret_names for k in runtime_env.get("env_vars", {}))
 
@@ -354,6 +490,7 @@ def test_readme_names_every_step_a_user_needs():
                    "-- python -m jobs.evaluate", "ray job logs", "| tail -1", "serve deploy",
                    "kubectl apply -f cluster/raycluster.yaml", "kubectl apply -f cluster/rayjob-train.yaml",
                    "kubectl apply -f cluster/rayjob-generate.yaml", "kubectl apply -f cluster/rayservice.yaml",
+                   "kubectl apply -f cluster/redis.yaml",
                    "kubectl port-forward", "ray get-auth-token --generate", "RAY_AUTH_MODE=token",
                    "~/.ray/auth_token", "instance profile", "Secret", "ray down ray-cluster.yaml",
                    "docker build -f cluster/Dockerfile"]:
@@ -384,7 +521,7 @@ def _session_of(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[4])   # field 6: session id
+    return int(stat.rsplit(")", 1)[1].split()[3])   # field 6: session id (after the name: state, ppid, pgrp)
 
 
 def _cwd_of(pid: int) -> str:

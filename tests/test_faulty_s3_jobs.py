@@ -5,6 +5,11 @@ AWS_ENDPOINT_URL_S3 pointing at the proxy. `ensure_ray` forwards that endpoint i
 runtime_env, so the Ray Data actors and the Ray Train workers write through the proxy too, as
 they would on a cluster whose object store misbehaves. The test process itself reads the results
 over the direct endpoint, so what it sees is what a clean reader sees.
+
+Only the runs that meet faults are subprocess jobs (each costs a Python start and fresh Ray workers
+for its runtime_env). The clean runs they are compared with, or resume from, run the same
+entrypoint in-process (`ganaug.cli.main(..., command=...)`, which is all `python -m jobs.X` does) on
+the session's Ray, over the direct endpoint.
 """
 
 from __future__ import annotations
@@ -41,24 +46,37 @@ def _job(module: str, argv: list[str], proxy: FaultProxy, ray_session) -> subpro
                           timeout=300, check=False)
 
 
+def _clean_in_process(command: str, argv: list[str], capsys) -> str:
+    """`python -m jobs.COMMAND ARGV`, in this process on the session's Ray, no proxy: its stdout."""
+    from ganaug.cli import main
+
+    capsys.readouterr()
+    try:
+        main(argv, command=command)
+    except SystemExit as e:       # a user-facing error: its one stderr line says why
+        pytest.fail(f"jobs.{command} exited {e.code}: {capsys.readouterr().err[-3000:]}")
+    return capsys.readouterr().out
+
+
 def _complete_checkpoints_only(run: str) -> list[int]:
-    """Every step folder under checkpoints/ that a reader can see has its marker (model.json)."""
-    root = storage.join(run, "checkpoints")
-    steps = []
-    for name in storage.listdir(root) if storage.exists(root) else []:
-        if name.startswith("step-"):
-            assert storage.exists(storage.join(root, name, checkpoint.MARKER)), name
-            steps.append(int(name.split("-")[1]))
-    return sorted(steps)
+    """The steps of the run's whole checkpoints; any other step folder (a torn upload: Ray Train
+    uploads a folder's files in no set order) is one that no reader picks."""
+    whole = [s for s, _ in checkpoint.list_checkpoints(run)]
+    latest = checkpoint.latest_checkpoint(run)
+    assert (latest is None and not whole) or latest.endswith(checkpoint.step_dir_name(whole[-1]))
+    if latest:
+        checkpoint.load_train_state(latest)  # whole means loadable: every sha256 matches
+    return whole
 
 
-def test_generation_on_faulty_s3_stops_resumes_and_matches_a_clean_run(proxy, s3, ray_session, tmp_path):
+def test_generation_on_faulty_s3_stops_resumes_and_matches_a_clean_run(proxy, s3, ray_session, tmp_path, capsys):
     from test_generate import _save_tiny
 
     ckpt = _save_tiny(tmp_path, "cgan", 10)
     args = ["--checkpoint", ckpt, "--num", "400", "--rows-per-shard", "100", "--seed", "7", "--workers", "1"]
+    # The clean reference: the same command, in-process, to a local folder.
     clean = tmp_path / "clean"
-    assert _job("jobs.generate", [*args, "--out", str(clean)], proxy, ray_session).returncode == 0
+    _clean_in_process("generate", [*args, "--out", str(clean)], capsys)
     ref = json.loads((clean / "_manifest.json").read_text())
 
     out = s3.new_prefix("faulty-set")
@@ -87,21 +105,20 @@ def test_generation_on_faulty_s3_stops_resumes_and_matches_a_clean_run(proxy, s3
     assert not hidden, hidden
 
 
-def test_training_on_faulty_s3_fails_cleanly_and_resumes(proxy, s3, ray_session):
+def test_training_on_faulty_s3_fails_cleanly_and_resumes(proxy, s3, ray_session, capsys):
     root = s3.new_prefix("faulty-runs")
     run = storage.join(root, "flaky")
 
-    def train(steps: int) -> subprocess.CompletedProcess:
+    def argv(steps: int) -> list[str]:
         sets = [a for kv in [*TINY_TRAIN, f"training.steps={steps}"] for a in ("--set", kv)]
-        return _job("jobs.train", [str(REPO / "jobs/configs/digits-cgan.yaml"), *sets, "--workers", "1",
-                                   "--storage", root, "--name", "flaky"], proxy, ray_session)
+        return [str(REPO / "jobs/configs/digits-cgan.yaml"), *sets, "--workers", "1", "--storage", root, "--name", "flaky"]
 
-    # Transient faults while training and checkpointing: retried, the run finishes.
-    proxy.arm("reset", count=3)
-    first = train(16)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert proxy.seen == 3  # every armed fault was met, and retried
-    assert json.loads(first.stdout.strip().splitlines()[-1])["step"] == 16
+    def train(steps: int) -> subprocess.CompletedProcess:
+        return _job("jobs.train", argv(steps), proxy, ray_session)
+
+    # A healthy store: the run reaches step 16, with its checkpoint complete.
+    first = _clean_in_process("train", argv(16), capsys)
+    assert json.loads(first.strip().splitlines()[-1])["step"] == 16
     assert _complete_checkpoints_only(run)[-1] == 16
 
     # The store goes down for good: the run fails cleanly, no checkpoint is half-visible.
@@ -112,9 +129,13 @@ def test_training_on_faulty_s3_fails_cleanly_and_resumes(proxy, s3, ray_session)
     proxy.clear()
     assert _complete_checkpoints_only(run)[-1] == 16
 
-    # The store is back: the same command resumes from the newest complete checkpoint.
+    # The store is back, but flaky: transient faults while resuming, training and checkpointing are
+    # retried, and the same command resumes from the newest complete checkpoint and finishes.
+    seen = proxy.seen
+    proxy.arm("reset", count=3)
     again = train(32)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert proxy.seen - seen == 3  # every armed fault was met, and retried
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["step"] == 32 and summary["resumed_from"] == 16
     assert _complete_checkpoints_only(run)[-1] == 32
