@@ -166,9 +166,13 @@ def _shard_options(f):
                      help="Finish a set begun in another software/device environment (the manifest says so).")(f)
     f = click.option("--overwrite", is_flag=True,
                      help="Replace a set made with different arguments in --out.")(f)
-    f = click.option("--use-gpu", is_flag=True, help="One GPU per actor.")(f)
+    f = click.option("--resources", "resources", default=None, metavar="JSON",
+                     help="Extra custom Ray resources each sampling actor asks for, e.g. '{\"gen_node\": 1}', "
+                          "to run them on a node type an autoscaler starts (not part of the set's identity).")(f)
+    f = click.option("--use-gpu", is_flag=True, help="One whole GPU per sampling actor.")(f)
     f = click.option("--workers", type=int, default=None,
-                     help="Actors in the pool [default: one per cluster CPU, or per GPU with --use-gpu].")(f)
+                     help="Sampling actors, one CPU (or one GPU with --use-gpu) each [default: one per cluster "
+                          "CPU less one kept for encoding and writing, or one per GPU].")(f)
     f = click.option("--format", "fmt", default="png", show_default=True, help="Image encoding: png, jpeg or npy.")(f)
     f = click.option("--rows-per-shard", type=int, default=1000, show_default=True, help="Rows per Parquet file.")(f)
     f = click.option("--out", default="", help="Output folder: a path or s3://bucket/prefix.  [required]")(f)
@@ -188,29 +192,29 @@ def _shard_options(f):
 @click.option("--size", default=None, metavar="HxW|native",
               help="Write the images at HxW (antialiased Lanczos resize), or `native`: the size of the data "
                    "the model was trained on [default: the model's resolution].")
-def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, allow_env_change, shared_fs,
-             num, labels, truncation, seed, filter_spec, size) -> None:
+def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, resources, overwrite, allow_env_change,
+             shared_fs, num, labels, truncation, seed, filter_spec, size) -> None:
     """Bulk-generate a labelled image set as Parquet shards (Ray Data)."""
     from ganaug.generation import GenerateConfig, run_generate
 
     cfg = GenerateConfig(checkpoint=checkpoint_uri, out=out, num=num, labels=labels, truncation=truncation,
                          seed=seed, rows_per_shard=rows_per_shard, format=fmt, workers=workers, use_gpu=use_gpu,
                          filter=filter_spec, overwrite=overwrite, size=size, allow_env_change=allow_env_change,
-                         shared_fs=shared_fs)
+                         shared_fs=shared_fs, resources=resources)
     emit_json(run_generate(cfg))
 
 
 @cli.command()
 @_shard_options
 @click.option("--input", "input_spec", default="", help="Dataset spec to translate, e.g. mnist:DIR[0:1000].  [required]")
-def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, overwrite, allow_env_change, shared_fs,
-              input_spec) -> None:
+def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, resources, overwrite, allow_env_change,
+              shared_fs, input_spec) -> None:
     """Run an image-to-image model (pix2pix, cyclegan) over a dataset; same output format as generate."""
     from ganaug.generation import TranslateConfig, run_translate
 
     cfg = TranslateConfig(checkpoint=checkpoint_uri, input=input_spec, out=out, rows_per_shard=rows_per_shard,
                           format=fmt, workers=workers, use_gpu=use_gpu, overwrite=overwrite,
-                          allow_env_change=allow_env_change, shared_fs=shared_fs)
+                          allow_env_change=allow_env_change, shared_fs=shared_fs, resources=resources)
     emit_json(run_translate(cfg))
 
 

@@ -1,8 +1,10 @@
 """Label plans: which label each generated row gets (`ganaug generate --labels SPEC`).
 
-A plan is parsed once on the driver into a `LabelPlan`, whose `labels()` is a deterministic
-int64 array (row i -> label), so the manifest's counts are exact and any worker can take
-any row range. Specs:
+A plan is parsed once on the driver into a `LabelPlan`: a compact description (uniform i % K,
+a cycled list, interleaved counts), not an array, so a plan for a billion rows is a few bytes
+and the driver holds nothing per row. `labels(a, b)` computes rows a..b-1 on demand, in any
+worker, giving exactly the array the whole plan would have had sliced at [a:b]; the
+manifest's counts come from the description. Specs:
 
     uniform                 row i gets i % K (the default for conditional models)
     0,3,7 | list:0,3,7      the listed labels, cycled
@@ -11,7 +13,8 @@ any row range. Specs:
                             class; with --num, --num images split so the final totals are as
                             even as possible
 
-New kinds register a parser with `@plan_parser("name")`; nothing branches on names.
+New kinds register a parser with `@plan_parser("name")`; nothing branches on names. A parser
+returns a `LabelSource` (lazy) or, for simple plug-ins, a whole int64 array.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -39,20 +43,177 @@ class PlanContext:
     class_names: list[str] = field(default_factory=list)
 
 
+# ----------------------------------------------------------------------------- sources
+
+class LabelSource(Protocol):
+    """Rows -> labels, computed on demand. Must pickle small: it travels to every actor."""
+
+    total: int
+
+    def labels(self, start: int, stop: int) -> np.ndarray:
+        """int64 labels of rows start..stop-1 (0 <= start <= stop <= total)."""
+
+    def counts(self) -> dict[int, int]:
+        """{label: rows} over the whole plan (labels with no rows left out)."""
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Row i gets i % K; an unconditional model (K = 0) gets -1 everywhere."""
+
+    total: int
+    num_classes: int
+
+    def labels(self, start: int, stop: int) -> np.ndarray:
+        if self.num_classes == 0:
+            return np.full(stop - start, -1, dtype=np.int64)
+        return np.arange(start, stop, dtype=np.int64) % self.num_classes
+
+    def counts(self) -> dict[int, int]:
+        if self.num_classes == 0:
+            return {-1: self.total} if self.total else {}
+        q, r = divmod(self.total, self.num_classes)
+        return {c: q + (c < r) for c in range(self.num_classes) if q + (c < r)}
+
+
+@dataclass(frozen=True)
+class Cycled:
+    """Row i gets cycle[i % len(cycle)]."""
+
+    total: int
+    cycle: tuple[int, ...]
+
+    def labels(self, start: int, stop: int) -> np.ndarray:
+        cycle = np.asarray(self.cycle, dtype=np.int64)
+        return cycle[np.arange(start, stop) % len(cycle)]
+
+    def counts(self) -> dict[int, int]:
+        q, r = divmod(self.total, len(self.cycle))
+        out: dict[int, int] = {}
+        for pos, label in enumerate(self.cycle):
+            out[label] = out.get(label, 0) + q + (pos < r)
+        return {k: v for k, v in sorted(out.items()) if v}
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """`interleave(counts)` computed a slice at a time, without the whole array.
+
+    interleave() sorts every row by (key, label) with key = (k + 0.5) / counts[label] for the
+    label's k-th row (float64, as computed there). For a boundary position a, this finds how
+    many rows of each label come before it: the a-th smallest key by bisection over float64
+    values (non-negative floats order like their bit patterns), then the labels tied at that
+    key in label order. A slice then gathers each label's rows between two boundaries and
+    sorts just those by the same float keys, so it equals interleave(counts)[a:b] exactly.
+    """
+
+    items: tuple[tuple[int, int], ...]   # (label, count > 0), by label
+
+    @classmethod
+    def of(cls, counts: dict[int, int]) -> Interleaved:
+        return cls(tuple((int(k), int(v)) for k, v in sorted(counts.items()) if v > 0))
+
+    @property
+    def total(self) -> int:
+        return sum(c for _, c in self.items)
+
+    def counts(self) -> dict[int, int]:
+        return dict(self.items)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        lab = np.array([k for k, _ in self.items], dtype=np.int64)
+        cnt = np.array([c for _, c in self.items], dtype=np.int64)
+        return lab, cnt
+
+    @staticmethod
+    def _count_le(x: float, cnt: np.ndarray) -> np.ndarray:
+        """Per label: rows whose key (k + 0.5) / c is <= x (exact for the float keys)."""
+        c = cnt.astype(np.float64)
+        t = np.clip(np.floor(x * c - 0.5), -1, cnt - 1).astype(np.int64)   # an estimate, off by rounding
+        while True:  # keys rise with k, so stepping to the exact boundary converges in a step or two
+            nxt = t + 1
+            up = (nxt < cnt) & ((nxt + 0.5) / c <= x)
+            down = (t >= 0) & ((t + 0.5) / c > x)
+            if not (up.any() or down.any()):
+                return t + 1
+            t = np.where(up, nxt, np.where(down, t - 1, t))
+
+    def _before(self, a: int, cnt: np.ndarray) -> np.ndarray:
+        """Per label: how many of its rows sit at positions < a."""
+        if a <= 0:
+            return np.zeros_like(cnt)
+        if a >= int(cnt.sum()):
+            return cnt.copy()
+        # the smallest float x with more than `a` keys <= x is the key at position a
+        lo, hi = 0, int(np.float64(1.0).view(np.int64))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(self._count_le(float(np.int64(mid).view(np.float64)), cnt).sum()) > a:
+                hi = mid
+            else:
+                lo = mid + 1
+        x = np.int64(lo).view(np.float64)
+        le = self._count_le(float(x), cnt)
+        lt = self._count_le(float(np.nextafter(x, -np.inf)), cnt)
+        tied = np.flatnonzero(le > lt)           # labels with a row at key x, in label order
+        out = lt.copy()
+        out[tied[: a - int(lt.sum())]] += 1      # ties go by label: the first ones come before a
+        return out
+
+    def labels(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.zeros(0, dtype=np.int64)
+        lab, cnt = self._arrays()
+        lo, hi = self._before(start, cnt), self._before(stop, cnt)
+        keys, labs = [], []
+        for label, c, a, b in zip(lab.tolist(), cnt.tolist(), lo.tolist(), hi.tolist()):
+            if b > a:
+                keys.append((np.arange(a, b, dtype=np.float64) + 0.5) / c)
+                labs.append(np.full(b - a, label, dtype=np.int64))
+        k, lb = np.concatenate(keys), np.concatenate(labs)
+        return lb[np.lexsort((lb, k))]
+
+
+@dataclass(frozen=True)
+class Materialised:
+    """A plug-in parser's whole array (O(rows); the built-in plans are all lazy)."""
+
+    array: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(self.array.shape[0])
+
+    def labels(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+    def counts(self) -> dict[int, int]:
+        return count_labels(self.array)
+
+
 @dataclass
 class LabelPlan:
     spec: str
-    labels_array: np.ndarray    # int64, one per row
+    source: LabelSource
     info: dict = field(default_factory=dict)  # extra provenance for the manifest (e.g. histogram)
 
     @property
     def total(self) -> int:
-        return int(self.labels_array.shape[0])
+        return int(self.source.total)
 
     def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.labels_array[start:stop]
+        """Labels of rows [start:stop], with Python slice semantics (as the array's slice)."""
+        a, b, _ = slice(start, stop).indices(self.total)
+        return self.source.labels(a, max(a, b))
+
+    @property
+    def labels_array(self) -> np.ndarray:
+        """Every row's label (materialises the plan: for small plans and tests)."""
+        return self.labels()
 
     def counts(self, start: int = 0, stop: int | None = None) -> dict[int, int]:
+        if start == 0 and (stop is None or stop >= self.total):
+            return dict(sorted(self.source.counts().items()))
         return count_labels(self.labels(start, stop))
 
 
@@ -61,12 +222,13 @@ def count_labels(labels: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-PlanParser = Callable[[str, PlanContext], np.ndarray | tuple[np.ndarray, dict]]
+PlanParser = Callable[[str, PlanContext], "LabelSource | np.ndarray | tuple[LabelSource | np.ndarray, dict]"]
 PLANS: Registry[PlanParser] = Registry("label plan")
 
 
 def plan_parser(name: str) -> Callable[[PlanParser], PlanParser]:
-    """Register `fn(argument, ctx) -> labels array (or (array, info))` for specs 'name:argument'."""
+    """Register `fn(argument, ctx) -> LabelSource or labels array (or (that, info))` for specs
+    'name:argument'."""
     return PLANS.register(name)
 
 
@@ -95,24 +257,20 @@ def _parse_int(text: str, spec: str, what: str) -> int:
 
 
 @plan_parser("uniform")
-def _uniform(arg: str, ctx: PlanContext) -> np.ndarray:
+def _uniform(arg: str, ctx: PlanContext) -> Uniform:
     if arg:
         raise LabelPlanError(f"--labels uniform takes no argument, got 'uniform:{arg}'")
-    n = _need_num(ctx, "uniform")
-    if ctx.num_classes == 0:
-        return np.full(n, -1, dtype=np.int64)
-    return np.arange(n, dtype=np.int64) % ctx.num_classes
+    return Uniform(_need_num(ctx, "uniform"), ctx.num_classes)
 
 
 @plan_parser("list")
-def _list(arg: str, ctx: PlanContext) -> np.ndarray:
+def _list(arg: str, ctx: PlanContext) -> Cycled:
     spec = arg
     parts = [p for p in arg.split(",") if p.strip()]
     if not parts:
         raise LabelPlanError("--labels: empty label list")
-    cycle = np.array([_check_label(_parse_int(p, spec, "label"), ctx, spec) for p in parts], dtype=np.int64)
-    n = _need_num(ctx, spec)
-    return cycle[np.arange(n) % len(cycle)]
+    cycle = tuple(_check_label(_parse_int(p, spec, "label"), ctx, spec) for p in parts)
+    return Cycled(_need_num(ctx, spec), cycle)
 
 
 def interleave(counts: dict[int, int]) -> np.ndarray:
@@ -120,6 +278,7 @@ def interleave(counts: dict[int, int]) -> np.ndarray:
 
     Label l's k-th row sits at position (k + 0.5) / counts[l] of the sequence; sorting these
     positions (ties by label) spreads every class evenly over the set and over its shards.
+    The whole array: `Interleaved` gives any slice of it without building it.
     """
     keys, labs = [], []
     for label in sorted(counts):
@@ -134,7 +293,7 @@ def interleave(counts: dict[int, int]) -> np.ndarray:
 
 
 @plan_parser("counts")
-def _counts(arg: str, ctx: PlanContext) -> np.ndarray:
+def _counts(arg: str, ctx: PlanContext) -> Interleaved:
     spec = f"counts:{arg}"
     counts: dict[int, int] = {}
     for item in (p for p in arg.split(",") if p.strip()):
@@ -154,7 +313,7 @@ def _counts(arg: str, ctx: PlanContext) -> np.ndarray:
     if ctx.num is not None and ctx.num != total:
         raise LabelPlanError(f"--num {ctx.num} does not match --labels {spec} (which adds up to {total}); "
                              "omit --num or make them agree")
-    return interleave(counts)
+    return Interleaved.of(counts)
 
 
 def balance_counts(histogram: dict[int, int], num_classes: int, num: int | None) -> dict[int, int]:
@@ -186,7 +345,7 @@ def balance_counts(histogram: dict[int, int], num_classes: int, num: int | None)
 
 
 @plan_parser("balance")
-def _balance(arg: str, ctx: PlanContext) -> tuple[np.ndarray, dict]:
+def _balance(arg: str, ctx: PlanContext) -> tuple[Interleaved, dict]:
     if not arg.strip():
         raise LabelPlanError("--labels balance:DATASET needs a dataset spec, e.g. balance:mnist:DIR")
     from ganaug.data import label_histogram
@@ -206,7 +365,7 @@ def _balance(arg: str, ctx: PlanContext) -> tuple[np.ndarray, dict]:
                              "to add images to every class")
     info = {"dataset": arg, "histogram": {str(k): v for k, v in sorted(hist.items())},
             "added": {str(k): v for k, v in add.items() if v}}
-    return interleave(add), info
+    return Interleaved.of(add), info
 
 
 def parse_plan(spec: str | None, ctx: PlanContext) -> LabelPlan:
@@ -223,5 +382,7 @@ def parse_plan(spec: str | None, ctx: PlanContext) -> LabelPlan:
     if ctx.num_classes == 0 and name != "uniform":
         raise LabelPlanError(f"--labels {text}: the model is unconditional; omit --labels (or use uniform)")
     result = parser(arg, ctx)
-    labels, info = result if isinstance(result, tuple) else (result, {})
-    return LabelPlan(spec=text, labels_array=np.ascontiguousarray(labels, dtype=np.int64), info=info)
+    source, info = result if isinstance(result, tuple) else (result, {})
+    if isinstance(source, (np.ndarray, list, tuple)):  # a plug-in's whole array
+        source = Materialised(np.ascontiguousarray(source, dtype=np.int64))
+    return LabelPlan(spec=text, source=source, info=info)

@@ -103,16 +103,23 @@ def require_shared_paths(paths: dict[str, str], shared_fs: bool) -> None:
 
 
 def probe_environment(use_gpu: bool, echo: Callable[[str], None] | None = None,
-                      every_s: float = 15.0, timeout_s: float | None = None) -> dict:
+                      every_s: float = 15.0, timeout_s: float | None = None,
+                      resources: dict[str, float] | None = None) -> dict:
     """The environment fingerprint (ganaug.environment) where the job's actors will run: a task
-    with one actor's device, so on a cluster that scales from zero it also waits for that device,
+    with one actor's device (and its custom `resources`, e.g. {"gen_node": 1}: the node type the
+    actors target), so on a cluster that scales from zero it also waits for that device or node,
     saying so every `every_s` seconds with the resources it waits for. No timeout by default:
     an autoscaler may take minutes to start a GPU node."""
     import ray
 
     from ganaug import environment
 
-    probe = ray.remote(environment.current).options(num_cpus=0.01, num_gpus=1 if use_gpu else 0)
+    options: dict = {"num_cpus": 0.01, "num_gpus": 1 if use_gpu else 0}
+    if resources:
+        options["resources"] = dict(resources)
+    # max_calls=1: the probe imports torch; its worker then exits instead of joining the pool
+    # that runs the job's light tasks (e.g. generation's write tasks) with torch still loaded.
+    probe = ray.remote(max_calls=1)(environment.current).options(**options)
     ref = probe.remote("cuda" if use_gpu else "cpu")
     t0 = time.time()
     while True:
@@ -122,11 +129,15 @@ def probe_environment(use_gpu: bool, echo: Callable[[str], None] | None = None,
         waited = time.time() - t0
         if timeout_s is not None and waited >= timeout_s:
             ray.cancel(ref)  # a pending GPU task would otherwise still claim a GPU that turns up later
-            raise UserError(f"no {'GPU' if use_gpu else 'CPU'} became available within {timeout_s:g} s")
+            custom = "".join(f" with {k} {v:g}" for k, v in sorted((resources or {}).items()))
+            raise UserError(f"no {'GPU' if use_gpu else 'CPU'}{custom} became available within {timeout_s:g} s")
         if echo is not None:
             need = "1 GPU" if use_gpu else "a CPU"
-            have = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)
-            echo(f"waiting for {need} ({'GPUs' if use_gpu else 'CPUs'} in the cluster now: {have:g}; "
+            total = ray.cluster_resources()
+            have = total.get("GPU" if use_gpu else "CPU", 0)
+            custom = "".join(f"; {k} {v:g} per actor, in the cluster now: {total.get(k, 0):g}"
+                             for k, v in sorted((resources or {}).items()))
+            echo(f"waiting for {need} ({'GPUs' if use_gpu else 'CPUs'} in the cluster now: {have:g}{custom}; "
                  f"{waited:.0f} s so far); an autoscaling cluster adds a node, "
                  "a fixed cluster without one never will")
 

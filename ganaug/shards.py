@@ -153,13 +153,80 @@ def build_table(
     return pa.Table.from_arrays(cols, schema=schema(translated=sources is not None))
 
 
+# The Parquet settings of every shard. Shard bytes are a function of the table and these; the
+# streamed writer (write_shard) and table_bytes use the very same ones, one row group per shard.
+WRITER_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["class_name", "generator"],
+                  "write_statistics": True, "write_page_index": False, "store_schema": True}
+
+
+def _write_parquet(table: pa.Table, sink) -> None:
+    # = pq.write_table(table, sink, row_group_size=n, **WRITER_OPTIONS), which is exactly this
+    with pq.ParquetWriter(sink, table.schema, **WRITER_OPTIONS) as writer:
+        writer.write_table(table, row_group_size=max(1, table.num_rows))
+
+
 def table_bytes(table: pa.Table) -> bytes:
     """Deterministic Parquet bytes: one row group, fixed compression, no timestamps."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=COMPRESSION, row_group_size=max(1, table.num_rows),
-                   use_dictionary=["class_name", "generator"], write_statistics=True,
-                   write_page_index=False, store_schema=True)
+    _write_parquet(table, buf)
     return buf.getvalue()
+
+
+class HashingSink:
+    """A write-only file that hashes and counts the bytes passing through to `target`.
+
+    ParquetWriter streams a shard into it; the target is storage's temporary file or S3
+    upload. So the sha256 and size of a shard are known once it is written, without the
+    whole shard ever being one bytes object in memory.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.hash.update(view)
+        self.target.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def close(self) -> None:  # ParquetWriter closes its sink; the target belongs to storage
+        self.closed = True
+
+
+@dataclass(frozen=True)
+class Written:
+    size: int
+    sha256: str
+
+
+def write_shard(uri: str, table: pa.Table) -> Written:
+    """Stream `table` as a Parquet shard to `uri` (atomically); its bytes equal table_bytes(table)."""
+
+    def fill(f) -> Written:
+        sink = HashingSink(f)
+        _write_parquet(table, sink)
+        return Written(sink.size, sink.hash.hexdigest())
+
+    return storage.write_stream(uri, fill)
 
 
 def sha256(data: bytes) -> str:

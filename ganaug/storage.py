@@ -20,7 +20,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -39,6 +39,9 @@ def _umask_file_mode() -> int:
 
 _FILE_MODE = _umask_file_mode()
 _COPY_CHUNK = 8 << 20
+
+
+T = TypeVar("T")
 
 
 class StorageError(UserError):
@@ -382,6 +385,18 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically: readers see the old file or the new one, never a part."""
     fs, path = resolve(uri)
     _write_atomic(uri, fs, path, lambda f: f.write(data))
+
+
+def write_stream(uri: str, fill: Callable[[Any], T]) -> T:
+    """Create the file `uri` from what `fill(f)` writes to the writable file `f`, streamed:
+    the bytes never need to be in memory at once. Atomic like write_bytes (a local temporary
+    renamed into place; on S3 a hidden temporary key moved into place once its upload
+    completed), so a half-written file is never visible under its name. Returns fill's result.
+    """
+    fs, path = resolve(uri)
+    result: list[T] = []
+    _write_atomic(uri, fs, path, lambda f: result.append(fill(f)))
+    return result[0]
 
 
 def read_text(uri: str) -> str:

@@ -1,6 +1,9 @@
 """Ray job entrypoint: `python -m jobs.generate --checkpoint URI --num N --out URI [...]`.
 
-Same flags as `ganaug generate`; connects to RAY_ADDRESS when set (e.g. under `ray job submit`).
+Same flags as `ganaug generate` (the CLI's own command, so every option, --resources included,
+is wired once); connects to RAY_ADDRESS when set (e.g. under `ray job submit`). On an
+autoscaling cluster, `--resources '{"gen_node": 1}'` puts the sampling actors on the node type
+that offers that custom resource, and the autoscaler starts it.
 """
 
 import sys

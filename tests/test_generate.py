@@ -135,20 +135,72 @@ def test_encoders_and_table_bytes_are_deterministic():
     assert shards.table_bytes(t) == a
 
 
-def test_actor_pool_never_holds_every_cpu(monkeypatch):
-    from ganaug import generation, raycluster
+def test_pool_asks_for_whole_resources_and_leaves_a_cpu_for_writes():
+    from ganaug.generation.pipeline import pool_plan
 
-    for cpus, workers, shards_left in [(2, None, 40), (2, 8, 40), (1, None, 5), (4, 2, 40), (16, None, 3)]:
-        monkeypatch.setattr(raycluster, "cluster_cpus", lambda c=cpus: float(c))
-        monkeypatch.setattr(raycluster, "cluster_gpus", lambda: 0.0)
-        n, cpu, gpu = generation._actor_resources(workers, shards_left, use_gpu=False)
-        assert n == min(workers or cpus, shards_left) and gpu == 0
-        assert 0 < cpu <= 1 and n * cpu < cpus, (cpus, workers, n, cpu)
+    for cpus, workers, shards_left in [(2, None, 40), (2, 8, 40), (4, 2, 40), (4, None, 40), (16, None, 3),
+                                       (16, 64, 100)]:
+        p = pool_plan(workers, shards_left, False, cpus=cpus, gpus=0)
+        # one whole CPU per sampling actor and per write task, never a fraction of the cluster
+        assert p.cpus == 1.0 and p.write_cpus == 1.0 and p.gpus == 0
+        assert p.actors == min(workers or cpus - 1, shards_left), (cpus, workers, p)
+        # the actors started at once never hold every CPU: the write tasks always find one
+        assert 1 <= p.initial <= p.actors and p.initial * p.cpus <= cpus - 1, (cpus, workers, p)
+    # a one-CPU cluster cannot hold a whole actor beside a whole task: only there, halves
+    one = pool_plan(None, 5, False, cpus=1, gpus=0)
+    assert (one.actors, one.initial, one.cpus, one.write_cpus) == (1, 1, 0.5, 0.5)
     # --use-gpu asks for whole GPUs even where the cluster has none yet (GPU nodes scale from
-    # zero), and as many as asked for: 8 actors are 8 GPUs, never 8 eighths of one.
-    assert generation._actor_resources(None, 4, use_gpu=True)[::2] == (1, 1.0)
-    monkeypatch.setattr(raycluster, "cluster_gpus", lambda: 1.0)
-    assert generation._actor_resources(8, 40, use_gpu=True)[::2] == (8, 1.0)
+    # zero), and as many as asked for, all at once: 8 actors are 8 GPUs, never 8 eighths of one.
+    # A GPU actor holds no CPU, so GPU actors never starve the write tasks either.
+    g = pool_plan(None, 4, True, cpus=2, gpus=0)
+    assert (g.actors, g.initial, g.gpus, g.cpus) == (1, 1, 1.0, 0.0)
+    g = pool_plan(8, 40, True, {"gen_node": 1}, cpus=2, gpus=1)
+    assert (g.actors, g.initial, g.gpus, g.resources) == (8, 8, 1.0, {"gen_node": 1})
+
+
+def test_resources_option_is_validated_and_kept_out_of_the_set_identity(ckpts, tmp_path, cli_error):
+    from ganaug.generation import GenerationError, parse_resources, plan_generate
+
+    assert parse_resources(None) == {} and parse_resources('{"gen_node": 1, "x": 0.5}') == {"gen_node": 1, "x": 0.5}
+    ok = ["generate", "--checkpoint", ckpts["cgan"], "--num", "10", "--out", str(tmp_path / "o")]
+    for value, match in [("{gen_node: 1}", "--resources {gen_node: 1}: not valid JSON"),
+                         ("[1]", "expected a JSON object"), ('{"gen_node": -1}', "gen_node must be a non-negative"),
+                         ('{"gen_node": "1"}', "must be a non-negative number"),
+                         ('{"gen_node": true}', "must be a non-negative number"),
+                         ('{"CPU": 2}', "CPU is not a custom resource"), ('{"g": 1.5}', "whole numbers")]:
+        line = cli_error([*ok, "--resources", value])
+        assert match in line and "--resources" in line, (value, line)
+    line = cli_error(["translate", "--checkpoint", ckpts["pix2pix"], "--input", "builtin:digits[0:10]", "--out",
+                      str(tmp_path / "t"), "--resources", "3"])
+    assert "--resources 3: expected a JSON object" in line
+    with pytest.raises(GenerationError, match="--resources"):
+        parse_resources({"a": float("nan")})
+    cfg = {"checkpoint": ckpts["cgan"], "out": str(tmp_path / "o"), "num": 10}
+    plain, targeted = plan_generate(GenerateConfig(**cfg)), plan_generate(GenerateConfig(**cfg, resources='{"n": 1}'))
+    assert targeted.run_info["resources"] == {"n": 1} and targeted.resources == {"n": 1}
+    assert plain.arguments == targeted.arguments  # the same set, wherever it is made
+    assert shards.fingerprint(plain.arguments) == shards.fingerprint(targeted.arguments)
+
+
+def test_streamed_shard_equals_table_bytes_and_is_atomic(tmp_path, s3):
+    img = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16, 1)
+    enc = shards.encode_images(np.stack([img] * 300), "png")
+    t = shards.build_table(enc, range(300), np.arange(300) % 10, ["a"] * 300, np.arange(300), 0.7, "gid", "png")
+    want = shards.table_bytes(t)
+    for out in (str(tmp_path / "s"), s3.new_prefix("stream")):
+        uri = storage.join(out, "part-00000.parquet")
+        written = shards.write_shard(uri, t)
+        assert storage.read_bytes(uri) == want
+        assert (written.size, written.sha256) == (len(want), shards.sha256(want))
+
+        def broken(f):
+            f.write(want[:1000])  # half a shard, then the writer fails
+            raise RuntimeError("disk on fire")
+
+        with pytest.raises(storage.StorageError, match="disk on fire"):
+            storage.write_stream(storage.join(out, "part-00001.parquet"), broken)
+        # neither the half-written shard nor its temporary is left visible
+        assert storage.listdir(out) == ["part-00000.parquet"]
 
 
 def test_filter_hook_overgenerates_deterministically(ckpts, monkeypatch):
@@ -160,7 +212,7 @@ def test_filter_hook_overgenerates_deterministically(ckpts, monkeypatch):
             return images.reshape(len(images), -1).mean(1) > 240.0  # about half of this model's images
 
     generation._load_filter_plugins()  # plugins register into the real registry, not the copy
-    monkeypatch.setattr(generation, "FILTERS", generation.FILTERS.copy())
+    monkeypatch.setattr(generation.filters, "FILTERS", generation.FILTERS.copy())
     generation.register_filter("bright", build=lambda arg, sampler: Bright())
     entry, arg = generation.parse_filter("bright:1")
     sampler = Sampler.from_checkpoint(ckpts["cgan"], device="cpu")
@@ -291,23 +343,30 @@ def test_generate_s3_and_other_actor_count_identical(reference, ckpts, s3, ray_s
 @pytest.mark.timeout(300)
 def test_kill_and_resume_is_identical(reference, ckpts, ray_session, tmp_path):
     out, args = reference
-    ref = json.loads(Path(out, "_manifest.json").read_text())
+    # Small shards: the stages run ahead of the driver, so a kill after its first result must
+    # still leave shards to make. An uninterrupted run of the same arguments is the reference.
+    rk = 100
+    ref_out = tmp_path / "uninterrupted"
+    run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(ref_out), num=N, rows_per_shard=rk, seed=7,
+                                workers=2), progress=False)
+    ref = json.loads((ref_out / "_manifest.json").read_text())
     killed = tmp_path / "killed"
     argv = [a if a != out else str(killed) for a in args]
     argv[argv.index("--workers") + 1] = "1"
+    argv[argv.index("--rows-per-shard") + 1] = str(rk)
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, **{DIE_AFTER_ENV: "1"})
     proc = subprocess.run([sys.executable, "-m", "jobs.generate", *argv[1:]], check=False, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 3, proc.stderr[-2000:]
     present = sorted(p.name for p in killed.glob("part-*.parquet"))
-    assert 1 <= len(present) < N // R and not (killed / "_manifest.json").exists()
+    assert 1 <= len(present) < N // rk and not (killed / "_manifest.json").exists()
     # An incomplete set is refused by readers and `ganaug info`.
     from ganaug.describe import describe
 
     with pytest.raises(UserError, match="incomplete"):
         describe(str(killed))
     # A torn file where a missing shard goes (e.g. a foreign writer): must be regenerated.
-    missing = [f"part-{i:05d}.parquet" for i in range(N // R) if f"part-{i:05d}.parquet" not in present]
+    missing = [f"part-{i:05d}.parquet" for i in range(N // rk) if f"part-{i:05d}.parquet" not in present]
     (killed / missing[-1]).write_bytes(b"PAR1 not really")
     before = {n: (killed / n).stat().st_mtime_ns for n in present}
     # Each finished shard has its record (rows, size, sha256, counts), written after it. One
@@ -317,19 +376,21 @@ def test_kill_and_resume_is_identical(reference, ckpts, ray_session, tmp_path):
     # to the driver before the kill, has one)
     assert records[0] == f"{present[0]}.json" and set(records) <= {f"{n}.json" for n in present}
     rec = json.loads((killed / shards.record_name(0)).read_text())
-    assert rec["size"] == (killed / present[0]).stat().st_size and rec["rows"] == R
+    assert rec["size"] == (killed / present[0]).stat().st_size and rec["rows"] == rk
     (killed / shards.record_name(0)).write_text(json.dumps(dict(rec, size=rec["size"] + 1)))
 
-    summary = run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(killed), num=N, rows_per_shard=R,
+    summary = run_generate(GenerateConfig(checkpoint=ckpts["cgan"], out=str(killed), num=N, rows_per_shard=rk,
                                           seed=7, workers=1), progress=False)
     assert summary["reused_shards"] == len(present)
     assert summary["reused_checked_by_record"] == len(records) - 1  # these were not downloaded
-    assert summary["generated_rows"] == N - R * len(present)
+    assert summary["generated_rows"] == N - rk * len(present)
     assert {n: (killed / n).stat().st_mtime_ns for n in present} == before  # not rewritten
     man = json.loads((killed / "_manifest.json").read_text())
     assert _shas(man) == _shas(ref) and man["counts"] == ref["counts"]
     assert not list(killed.glob(".*"))  # no temporaries, no intent file left behind
     assert not (killed / shards.INTENT).exists() and not (killed / shards.RECORDS).exists()
+    # the same rows as the reference set's bigger shards
+    assert pq.read_table(killed).equals(pq.read_table(out))
 
 
 @pytest.mark.timeout(300)
@@ -376,6 +437,11 @@ def test_use_gpu_waits_for_a_gpu_and_says_so(ray_session):
         probe_environment(True, echo=lines.append, every_s=0.3, timeout_s=1.0)
     assert lines and lines[0].startswith("waiting for 1 GPU (GPUs in the cluster now: 0;")
     assert probe_environment(False)["device_type"] == "cpu"
+    # --resources: the probe asks for them too, so it waits for (and reports) the node type
+    lines.clear()
+    with pytest.raises(UserError, match="no CPU with gen_node 1 became available within 1 s"):
+        probe_environment(False, echo=lines.append, every_s=0.3, timeout_s=1.0, resources={"gen_node": 1})
+    assert "gen_node 1 per actor, in the cluster now: 0;" in lines[0]
 
 
 def _skewed_parquet(folder: Path) -> tuple[str, dict[int, int]]:

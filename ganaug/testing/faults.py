@@ -17,7 +17,7 @@ Points:
                                       (at most 10 minutes) until ``path`` exists: the test then
                                       knows where each rank runs and acts while they hold still
 
-``generate.after_shard`` (ganaug/generation.py, the driver, after each finished shard)
+``generate.after_shard`` (ganaug/generation/run.py, the driver, after each finished shard)
     ``GANAUG_TEST_DIE_AFTER_SHARDS=k`` the driver exits with status 3 once k shards are made
 """
 
