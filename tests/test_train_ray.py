@@ -371,6 +371,15 @@ def test_checkpoint_selection_by_kid_follows_the_metric_and_survives_resume(ray_
     best_step = min(kids, key=kids.get)
     assert checkpoint.read_best(run)["step"] == best_step
     assert checkpoint.resolve_checkpoint(run).endswith(checkpoint.step_dir_name(best_step))
+    # A set made from the run folder records which checkpoint it took, and why.
+    from ganaug.generation import GenerateConfig, run_generate
+
+    made = run_generate(GenerateConfig(checkpoint=run, out=str(tmp_path / "set"), num=20, rows_per_shard=20,
+                                       workers=1), progress=False)
+    manifest = storage.read_json(made["manifest"])
+    assert manifest["checkpoint_selected"].startswith("best by kid (") and manifest["checkpoint_selected"].endswith(
+        f"at step {best_step}")
+    assert manifest["checkpoint"]["uri"].endswith(checkpoint.step_dir_name(best_step))
 
 
 def test_selection_needs_held_back_rows_and_a_noise_model(tmp_path):

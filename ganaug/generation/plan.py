@@ -94,12 +94,13 @@ def shard_ranges(total: int, rows_per_shard: int) -> list[tuple[int, int, int]]:
     return [(i, a, min(a + rows_per_shard, total)) for i, a in enumerate(range(0, total, rows_per_shard))]
 
 
-def _load_checkpoint(uri: str, want: str) -> tuple[str, dict, str]:
+def _load_checkpoint(uri: str, want: str) -> tuple[str, dict, str, str]:
+    """(checkpoint folder, model.json, id, how it was chosen: "folder", "latest" or "best by ...")."""
     from ganaug import (
         checkpoint,  # torch: driver side only (the write tasks import this module too)
     )
 
-    resolved = checkpoint.resolve_checkpoint(uri)
+    resolved, how = checkpoint.resolve_with_reason(uri)
     meta = checkpoint.load_meta(resolved)
     kind = meta.get("kind")
     if kind != want:
@@ -108,7 +109,7 @@ def _load_checkpoint(uri: str, want: str) -> tuple[str, dict, str]:
                                   "model, not a noise generator; use `ganaug translate`")
         raise GenerationError(f"--checkpoint {uri}: {meta.get('family')} is a noise generator, not a "
                               "translation model; use `ganaug generate`")
-    return resolved, meta, checkpoint.checkpoint_id(resolved, meta)
+    return resolved, meta, checkpoint.checkpoint_id(resolved, meta), how
 
 
 def _run_info(cfg: GenerateConfig | TranslateConfig) -> dict:
@@ -120,7 +121,7 @@ def _run_info(cfg: GenerateConfig | TranslateConfig) -> dict:
 def plan_generate(cfg: GenerateConfig) -> RunPlan:
     t0 = time.time()
     cfg.validate()
-    ckpt_uri, meta, ckpt_id = _load_checkpoint(cfg.checkpoint, "noise")
+    ckpt_uri, meta, ckpt_id, how = _load_checkpoint(cfg.checkpoint, "noise")
     class_names = list(meta.get("class_names", []))
     num_classes = int(meta.get("num_classes", 0))
     plan = parse_plan(cfg.labels, PlanContext(cfg.num, num_classes, class_names))
@@ -143,6 +144,7 @@ def plan_generate(cfg: GenerateConfig) -> RunPlan:
     extra = {"label_plan": plan.info} if plan.info else {}
     resolution = int(meta["resolution"])
     extra["image_size"] = list(size or (resolution, resolution))  # [H, W] of the written images
+    extra["checkpoint_selected"] = how  # a run folder: its latest checkpoint, or the one best.json names
     return RunPlan(what="generate", out=cfg.out, total=plan.total, rows_per_shard=cfg.rows_per_shard,
                    arguments=arguments, run_info=_run_info(cfg), job=job, class_names=class_names,
                    manifest_extra=extra, workers=cfg.workers, use_gpu=cfg.use_gpu, resources=cfg.resources,
@@ -156,7 +158,7 @@ def plan_translate(cfg: TranslateConfig) -> RunPlan:
 
     t0 = time.time()
     cfg.validate()
-    ckpt_uri, meta, ckpt_id = _load_checkpoint(cfg.checkpoint, "translation")
+    ckpt_uri, meta, ckpt_id, how = _load_checkpoint(cfg.checkpoint, "translation")
     parsed, reader = open_reader(cfg.input)
     parsed = parse_spec(absolute_spec(cfg.input))  # the actors read it from their own directories
     try:
@@ -175,6 +177,7 @@ def plan_translate(cfg: TranslateConfig) -> RunPlan:
                    channels=int(meta["channels"]))
     return RunPlan(what="translate", out=cfg.out, total=total, rows_per_shard=cfg.rows_per_shard,
                    arguments=arguments, run_info=_run_info(cfg), job=job,
-                   class_names=class_names, manifest_extra={}, workers=cfg.workers, use_gpu=cfg.use_gpu,
+                   class_names=class_names, manifest_extra={"checkpoint_selected": how}, workers=cfg.workers,
+                   use_gpu=cfg.use_gpu,
                    resources=cfg.resources, overwrite=cfg.overwrite, allow_env_change=cfg.allow_env_change,
                    shared_fs=cfg.shared_fs, t0=t0)
