@@ -78,7 +78,7 @@ def sync_checkpoint_seconds(cfg, root: str, repeats: int = 3) -> float:
     from ganaug import checkpoint, storage
     from ganaug.data import load_dataset
     from ganaug.training.loop import GANTrainer
-    from ganaug.training.rank import _grid_png
+    from ganaug.training.rank import _cpu_sampler, _grid_png
 
     data = load_dataset(cfg.data.spec, cfg.data.resolution, cfg.data.channels)
     trainer = GANTrainer(cfg, data.images, data.labels, data.class_names, device="cpu")
@@ -87,7 +87,7 @@ def sync_checkpoint_seconds(cfg, root: str, repeats: int = 3) -> float:
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        png = _grid_png(trainer, meta, None)
+        png = _grid_png(_cpu_sampler(trainer, meta), None)
         weights = trainer.weights()
         uri = storage.join(root, "sync", "checkpoints", checkpoint.step_dir_name(i))
         checkpoint.save_checkpoint(uri, meta=meta, generator_ema=weights["generator_ema"],

@@ -14,7 +14,6 @@ resolves to it (checkpoint.resolve_checkpoint; best.json is checkpoint.BEST). Ra
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +62,10 @@ class QualityJudge:
         labels = (np.arange(samples) % num_classes).astype(np.int64) if conditional else None
         return cls(extractor, extractor(holdout_images), np.arange(samples, dtype=np.int64), labels)
 
-    def kid(self, G, meta: dict) -> float:
-        """KID (lower is better) of a CPU copy of `G` (training goes on with the original)."""
+    def kid(self, sampler) -> float:
+        """KID (lower is better) of the fixed sample a checkpoint's Sampler draws."""
         from ganaug.metrics.distribution import kid
-        from ganaug.sampling import Sampler
 
-        sampler = Sampler(copy.deepcopy(G).to("cpu"), meta, device="cpu")
         fake = self.extractor(sampler.generate(self.seeds, self.labels))
         result = kid(self.reference, fake, subsets=KID_SUBSETS, subset_size=min(len(self.reference), len(fake)))
         return float(result.mean)

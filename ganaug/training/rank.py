@@ -51,15 +51,19 @@ def _params_hash(module) -> str:
     return h.hexdigest()
 
 
-def _grid_png(trainer, meta: dict, inputs) -> bytes:
-    """The checkpoint's fixed-seed sample grid, from a CPU copy of G_ema (the Sampler switches
-    deterministic algorithms on for CUDA, which must not leak into training)."""
-    from ganaug.sampling import Sampler, png_bytes
+def _cpu_sampler(trainer, meta: dict):
+    """A Sampler over a CPU copy of G_ema, made once per checkpoint for its grid and its score
+    (the Sampler switches deterministic algorithms on for CUDA, which must not leak into training)."""
+    from ganaug.sampling import Sampler
 
-    G = copy.deepcopy(trainer.G_ema).to("cpu")
-    sampler = Sampler(G, meta, device="cpu")
-    grid = sampler.grid(per_class=8, seed=0, inputs=inputs)
-    return png_bytes(grid, upscale=2)
+    return Sampler(copy.deepcopy(trainer.G_ema).to("cpu"), meta, device="cpu")
+
+
+def _grid_png(sampler, inputs) -> bytes:
+    """The checkpoint's fixed-seed sample grid."""
+    from ganaug.sampling import png_bytes
+
+    return png_bytes(sampler.grid(per_class=8, seed=0, inputs=inputs), upscale=2)
 
 
 def _translation_inputs(cfg: RunConfig, images, source_images):
@@ -129,9 +133,12 @@ class _RankRun:
     def on_checkpoint(self, step: int) -> None:
         t0 = time.perf_counter()
         metrics = self.pending or {"step": step, "images_seen": self.trainer.images_seen}
-        if self.judge is not None:  # before the checkpoint, so metrics.jsonl carries the score
-            metrics = dict(metrics, **self.judge_checkpoint(step))
-        folder = self.save_checkpoint(step) if self.rank == 0 else None
+        folder = None
+        if self.rank == 0:
+            sampler = _cpu_sampler(self.trainer, self.meta_base)
+            if self.judge is not None:  # before the checkpoint, so metrics.jsonl carries the score
+                metrics = dict(metrics, **self.judge_checkpoint(step, sampler))
+            folder = self.save_checkpoint(step, sampler)
         if folder is not None:  # how long rank 0 held training up to write it (Train uploads it later)
             metrics = dict(metrics, checkpoint_s=round(time.perf_counter() - t0, 4))
         if self.jit:
@@ -139,7 +146,7 @@ class _RankRun:
         self.send(metrics, folder)
         self.pending, self.jit = None, False
 
-    def save_checkpoint(self, step: int) -> str:
+    def save_checkpoint(self, step: int, sampler) -> str:
         """Rank 0: the checkpoint folder in a local temp dir (Train uploads it), and its sample
         grid under {run}/samples/. Returns the folder."""
         from ganaug import checkpoint
@@ -148,7 +155,7 @@ class _RankRun:
         meta = dict(self.meta_base, step=step, images_seen=trainer.images_seen)
         if self.metrics_log is not None:
             self.metrics_log.flush()  # the reports up to this checkpoint, before it is published
-        png = _grid_png(trainer, meta, self.grid_inputs)
+        png = _grid_png(sampler, self.grid_inputs)
         weights = trainer.weights()
         folder = tempfile.mkdtemp(prefix=f"ganaug-{checkpoint.step_dir_name(step)}-")
         checkpoint.save_checkpoint(
@@ -158,13 +165,13 @@ class _RankRun:
         storage.write_bytes(run_files.samples_uri(self.run_uri, step), png)
         return folder
 
-    def judge_checkpoint(self, step: int) -> dict:
+    def judge_checkpoint(self, step: int, sampler) -> dict:
         """Rank 0: KID of this checkpoint's G_ema; best.json moves when it is the lowest so far.
         `quality` (-KID) is what Ray Train's retention keeps the best checkpoints by."""
         from ganaug import checkpoint
         from ganaug.training.quality import best_record, better
 
-        kid = self.judge.kid(self.trainer.G_ema, self.meta_base)
+        kid = self.judge.kid(sampler)
         if self.metrics_log is not None and self.metrics_log.last and self.metrics_log.last["step"] == step:
             self.metrics_log.last["kid"] = kid
         if better(kid, self.best):
