@@ -43,3 +43,7 @@ SOURCE_TRANSFORMS: Registry[Callable[[Any], Any]] = Registry("source transform")
 for _name, _fn in (("invert", "invert"), ("edges", "edges"), ("blur", "blur"),
                    ("grayscale", "grayscale"), ("none", "identity")):
     SOURCE_TRANSFORMS.register_lazy(_name, f"ganaug.training.pairs:{_fn}")
+
+# StyleGAN2's W+ layer groups that `ganaug translate --restyle` can take from a style latent
+# (ganaug/projection.py: the first, second and last third of the layers).
+RESTYLE_GROUPS = ("coarse", "middle", "fine")

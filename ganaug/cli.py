@@ -207,14 +207,26 @@ def generate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, resourc
 @cli.command()
 @_shard_options
 @click.option("--input", "input_spec", default="", help="Dataset spec to translate, e.g. mnist:DIR[0:1000].  [required]")
+@click.option("--restyle", default=None, metavar="coarse|middle|fine",
+              help="StyleGAN2 checkpoint: project each input image into W+ and take this layer group from a "
+                   "seeded style latent, keeping the image's own layers elsewhere (fine: new texture, same "
+                   "content; coarse: the image's texture on a new shape).")
+@click.option("--style-seed", type=int, default=0, show_default=True,
+              help="--restyle: output row r takes its style from seed STYLE_SEED+r.")
+@click.option("--variants", type=int, default=1, show_default=True,
+              help="--restyle: restyled rows per input image (row r is input row r // VARIANTS).")
+@click.option("--project-steps", type=int, default=200, show_default=True,
+              help="--restyle: optimisation steps of each image's projection.")
 def translate(checkpoint_uri, out, rows_per_shard, fmt, workers, use_gpu, resources, overwrite, allow_env_change,
-              shared_fs, input_spec) -> None:
-    """Run an image-to-image model (pix2pix, cyclegan) over a dataset; same output format as generate."""
+              shared_fs, input_spec, restyle, style_seed, variants, project_steps) -> None:
+    """Run an image-to-image model (pix2pix, cyclegan) over a dataset, or restyle it with a StyleGAN2
+    (--restyle); same output format as generate, with the `source` column."""
     from ganaug.generation import TranslateConfig, run_translate
 
     cfg = TranslateConfig(checkpoint=checkpoint_uri, input=input_spec, out=out, rows_per_shard=rows_per_shard,
                           format=fmt, workers=workers, use_gpu=use_gpu, overwrite=overwrite,
-                          allow_env_change=allow_env_change, shared_fs=shared_fs, resources=resources)
+                          allow_env_change=allow_env_change, shared_fs=shared_fs, resources=resources,
+                          restyle=restyle, style_seed=style_seed, variants=variants, project_steps=project_steps)
     emit_json(run_translate(cfg))
 
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ganaug.choices import RESTYLE_GROUPS
 from ganaug.errors import UserError
 from ganaug.sampling import from_uint8, latents_for_seeds, to_uint8
 
-GROUPS = ("coarse", "middle", "fine")
+GROUPS = RESTYLE_GROUPS
 
 
 @dataclass

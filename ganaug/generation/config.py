@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ganaug import shards
+from ganaug.choices import RESTYLE_GROUPS
 from ganaug.errors import UserError, require
 
 DEFAULT_ROWS_PER_SHARD = 1000
@@ -114,13 +115,31 @@ class TranslateConfig:
     allow_env_change: bool = False
     shared_fs: bool = False
     resources: Any = None
+    # --restyle GROUP (StyleGAN2): project each input image into W+ and take GROUP's layers
+    # (coarse | middle | fine) from a style latent; output row r is input row r // variants,
+    # styled by seed style_seed + r.
+    restyle: str | None = None
+    style_seed: int = 0
+    variants: int = 1
+    project_steps: int = 200
 
     def validate(self) -> TranslateConfig:
         _check(bool(self.checkpoint), "--checkpoint is required: a translation checkpoint or run URI")
         _check(bool(self.input), "--input is required: a dataset spec such as mnist:DIR or parquet:URI")
         _check_common(self.out, self.rows_per_shard, self.format, self.workers)
         self.resources = parse_resources(self.resources)
+        if self.restyle is None:
+            for flag, value, default in (("--style-seed", self.style_seed, 0), ("--variants", self.variants, 1),
+                                         ("--project-steps", self.project_steps, 200)):
+                _check(value == default, f"{flag} applies only with --restyle coarse|middle|fine")
+            return self
+        _check(self.restyle in RESTYLE_GROUPS,
+               f"--restyle must be one of {', '.join(RESTYLE_GROUPS)}, got {self.restyle!r}")
+        _check(self.style_seed >= 0, f"--style-seed must be >= 0, got {self.style_seed}")
+        _check(self.variants >= 1, f"--variants must be >= 1, got {self.variants}")
+        _check(self.project_steps >= 1, f"--project-steps must be >= 1, got {self.project_steps}")
         return self
+
 
 
 def config_dict(cfg: GenerateConfig | TranslateConfig) -> dict:

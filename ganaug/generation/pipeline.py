@@ -121,6 +121,7 @@ def run_pipeline(job: ShardJob, items: list[dict], pool: PoolPlan, stats: dict |
             yield {"index": int(row["index"]), "file": str(row["file"]), "rows": int(row["rows"]),
                    "size": int(row["size"]), "sha256": str(row["sha256"]),
                    "counts": {int(k): v for k, v in json.loads(str(row["counts"])).items()},
-                   "fallback": int(row["fallback"]), "candidates": int(row["candidates"])}
+                   "fallback": int(row["fallback"]), "candidates": int(row["candidates"]),
+                   **({"projection": json.loads(str(row["projection"]))} if "projection" in row else {})}
         if stats is not None:
             stats.update(_stage_stats(ds))

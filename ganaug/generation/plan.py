@@ -50,10 +50,22 @@ class ShardJob:
     dataset_classes: tuple[str, ...] | None = None   # the input spec's class filter, if any
     resolution: int = 0
     channels: int = 0
+    # restyle (a translate run with --restyle): output row r is input row r // variants
+    restyle: str | None = None
+    style_seed: int = 0
+    variants: int = 1
+    project_steps: int = 200
+    project_lr: float = 0.05
+    feature_net: dict | None = None        # the projection's feature loss: a SmallCNN's config and weights
 
     @property
     def translated(self) -> bool:
-        return self.task == "translate"
+        """Rows made from input images (a `source` column), not from noise alone."""
+        return self.task in ("translate", "restyle")
+
+    @property
+    def input_rows(self) -> int:
+        return self.total_rows // self.variants
 
     def class_name(self, label: int) -> str:
         """The `class_name` column: as Sampler.class_name for generated rows; a translated row
@@ -94,7 +106,7 @@ def shard_ranges(total: int, rows_per_shard: int) -> list[tuple[int, int, int]]:
     return [(i, a, min(a + rows_per_shard, total)) for i, a in enumerate(range(0, total, rows_per_shard))]
 
 
-def _load_checkpoint(uri: str, want: str) -> tuple[str, dict, str, str]:
+def _load_checkpoint(uri: str, want: str, restyle: bool = False) -> tuple[str, dict, str, str]:
     """(checkpoint folder, model.json, id, how it was chosen: "folder", "latest" or "best by ...")."""
     from ganaug import (
         checkpoint,  # torch: driver side only (the write tasks import this module too)
@@ -105,10 +117,12 @@ def _load_checkpoint(uri: str, want: str) -> tuple[str, dict, str, str]:
     kind = meta.get("kind")
     if kind != want:
         if want == "noise":
+            hint = "--restyle needs a StyleGAN2 checkpoint" if restyle else "use `ganaug translate`"
             raise GenerationError(f"--checkpoint {uri}: {meta.get('family')} is an image-to-image (translation) "
-                                  "model, not a noise generator; use `ganaug translate`")
+                                  f"model, not a noise generator; {hint}")
         raise GenerationError(f"--checkpoint {uri}: {meta.get('family')} is a noise generator, not a "
-                              "translation model; use `ganaug generate`")
+                              "translation model; use `ganaug generate`, or `ganaug translate --restyle` "
+                              "with a StyleGAN2")
     return resolved, meta, checkpoint.checkpoint_id(resolved, meta), how
 
 
@@ -158,7 +172,8 @@ def plan_translate(cfg: TranslateConfig) -> RunPlan:
 
     t0 = time.time()
     cfg.validate()
-    ckpt_uri, meta, ckpt_id, how = _load_checkpoint(cfg.checkpoint, "translation")
+    ckpt_uri, meta, ckpt_id, how = _load_checkpoint(cfg.checkpoint, "noise" if cfg.restyle else "translation",
+                                                 restyle=bool(cfg.restyle))
     parsed, reader = open_reader(cfg.input)
     parsed = parse_spec(absolute_spec(cfg.input))  # the actors read it from their own directories
     try:
@@ -175,9 +190,67 @@ def plan_translate(cfg: TranslateConfig) -> RunPlan:
                    class_names=class_names, dataset_scheme=parsed.scheme, dataset_location=parsed.location,
                    dataset_offset=start, dataset_classes=parsed.classes, resolution=int(meta["resolution"]),
                    channels=int(meta["channels"]))
-    return RunPlan(what="translate", out=cfg.out, total=total, rows_per_shard=cfg.rows_per_shard,
+    extra = {"checkpoint_selected": how}
+    if cfg.restyle:
+        _plan_restyle(cfg, meta, job, arguments, extra)
+    return RunPlan(what="translate", out=cfg.out, total=job.total_rows, rows_per_shard=cfg.rows_per_shard,
                    arguments=arguments, run_info=_run_info(cfg), job=job,
-                   class_names=class_names, manifest_extra={"checkpoint_selected": how}, workers=cfg.workers,
+                   class_names=class_names, manifest_extra=extra, workers=cfg.workers,
                    use_gpu=cfg.use_gpu,
                    resources=cfg.resources, overwrite=cfg.overwrite, allow_env_change=cfg.allow_env_change,
                    shared_fs=cfg.shared_fs, t0=t0)
+
+
+# The projection's feature network trains on at most this many input rows (per class, evenly):
+# enough for a feature space, bounded for a driver facing millions of rows.
+FEATURE_ROWS = 2000
+
+
+def _plan_restyle(cfg: TranslateConfig, meta: dict, job: ShardJob, arguments: dict, extra: dict) -> None:
+    """`translate --restyle`: a StyleGAN2 checkpoint, the input's classes the model's, and the
+    feature network every actor's projection uses (trained here once, shipped in the job)."""
+    family = meta.get("family")
+    _check(family == "stylegan2", f"--restyle needs a StyleGAN2 checkpoint (its W+ layers); --checkpoint "
+                                  f"{cfg.checkpoint} is {family}")
+    model_names = [str(n) for n in meta.get("class_names", [])]
+    conditional = int(meta.get("num_classes", 0)) > 0
+    if conditional and job.class_names and model_names and list(job.class_names) != model_names:
+        raise GenerationError(f"--input {cfg.input}: its classes {job.class_names} are not the model's "
+                              f"{model_names}; a conditional model restyles images of its own classes")
+    job.task, job.restyle, job.style_seed, job.variants = "restyle", cfg.restyle, cfg.style_seed, cfg.variants
+    job.project_steps, job.total_rows = cfg.project_steps, job.total_rows * cfg.variants
+    job.feature_net, feature_info = _feature_net(cfg, job)
+    restyle = {"group": cfg.restyle, "style_seed": cfg.style_seed, "variants": cfg.variants,
+               "project_steps": cfg.project_steps, "project_lr": job.project_lr, "features": feature_info}
+    arguments.update(task="restyle", num=job.total_rows, restyle=restyle)
+    extra["restyle"] = restyle
+
+
+def _feature_net(cfg: TranslateConfig, job: ShardJob) -> tuple[dict | None, dict]:
+    """A SmallCNN trained on (a class-balanced part of) the labelled input: the domain feature
+    space of the projection's feature loss, since no LPIPS weights can be downloaded. An
+    unlabelled input projects by the pixel loss alone."""
+    import numpy as np
+
+    from ganaug.data import iter_dataset
+    from ganaug.metrics.features import DomainFeatures
+
+    per_class = max(1, FEATURE_ROWS // max(1, len(job.class_names)))
+    kept: dict[int, list[np.ndarray]] = {}
+    for part in iter_dataset(cfg.input, batch_rows=1024, resolution=job.resolution, channels=job.channels):
+        for label in np.unique(part.labels):
+            if label >= 0 and sum(len(a) for a in kept.get(int(label), [])) < per_class:
+                kept.setdefault(int(label), []).append(part.images[part.labels == label])
+        if len(kept) == len(job.class_names) and all(sum(len(a) for a in v) >= per_class for v in kept.values()):
+            break
+    if len(kept) < 2:
+        return None, {"loss": "pixel", "why": "the input has fewer than 2 labelled classes"}
+    images = np.concatenate([np.concatenate(v)[:per_class] for v in kept.values()])
+    labels = np.concatenate([np.full(min(per_class, sum(len(a) for a in v)), c) for c, v in kept.items()])
+    num_classes = max(len(job.class_names), int(labels.max()) + 1)
+    domain = DomainFeatures.from_training(images, labels, num_classes)  # cached by its data's fingerprint
+    net = domain.classifier
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    config = {"in_channels": net.in_channels, "num_classes": net.num_classes, "width": net.width}
+    info = {"loss": "pixel+domain", "feature_rows": int(len(images)), "fingerprint": domain.fingerprint}
+    return {"config": config, "state": state}, info

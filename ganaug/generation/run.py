@@ -7,6 +7,7 @@ Ray's object store, and shards go from the write tasks straight to storage.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -63,6 +64,22 @@ def _summary(out: str, manifest: dict, *, generated: int, reused: int, t0: float
     }
 
 
+def _projection_error(records) -> dict | None:
+    """--restyle: the projection's reconstruction error over the shards' records that carry it
+    (pixel MSE on the [-1, 1] scale; the mean latent's is the reference it improves on)."""
+    parts = [r["projection"] for r in records if r.get("projection")]
+    if not parts:
+        return None
+    n = sum(p["images"] for p in parts)
+
+    def mean(key: str) -> float:
+        return sum(p[key] * p["images"] for p in parts) / max(n, 1)
+
+    mse = mean("mse_projected")
+    return {"images": n, "mse_mean_latent": round(mean("mse_mean_latent"), 6), "mse_projected": round(mse, 6),
+            "psnr_db": round(10 * math.log10(4.0 / max(mse, 1e-12)), 2)}
+
+
 def run_plan(plan: RunPlan, progress: bool = True) -> dict:
     what, out = plan.what, plan.out
     outdir.probe_writable(out)
@@ -117,6 +134,9 @@ def run_plan(plan: RunPlan, progress: bool = True) -> dict:
     manifest = outdir.finish(plan, results, ranges, env, recorded, reused)
     summary = _summary(out, manifest, generated=sum(b - a for i, a, b in missing), reused=reused, t0=plan.t0,
                        pipeline_s=pipeline_s)
+    projection = _projection_error(results.values())
+    if projection:
+        summary["projection"] = projection
     if reused:  # how the reused shards were checked: by their records (footer + size) or downloaded
         summary["reused_checked_by_record"] = by_record
     if stats:  # seconds each stage's tasks ran (Ray Data stats): busy fractions for benchmarks

@@ -4,6 +4,7 @@
       -> stage 1, sampling (an actor holding the model, GPU or CPU):
          SamplerActor: labels from the plan, seeds S+i, the filter, the --size resize
          TranslateActor: read the shard's input rows, translate them
+         RestyleActor: read them, project into StyleGAN2's W+, restyle a layer group
          => one row per shard: uint8 `images` (rows x H x W x C), `labels`, `seeds`, ...
       -> stage 2, encoding and writing (CPU tasks): write_shards
          encode every image, build the Arrow table, stream it through ParquetWriter into
@@ -62,8 +63,9 @@ class _SamplingStage:
             # one row per shard; the arrays become fixed-shape tensor columns ([None]: a row of one)
             row = {"index": index, "start": start, "stop": stop, "images": made["images"],
                    "labels": made["labels"], "seeds": made["seeds"], "fallback": made["fallback"]}
-            if "sources" in made:
-                row["sources"] = json.dumps(made["sources"])
+            for key in ("sources", "projection"):  # translated rows' sources; restyle's projection error
+                if key in made:
+                    row[key] = json.dumps(made[key])
             for key, value in row.items():
                 out.setdefault(key, []).append(value)
         return {k: np.stack(v) if k in ("images", "labels", "seeds") else np.asarray(v) for k, v in out.items()}
@@ -92,32 +94,96 @@ class SamplerActor(_SamplingStage):
         return {"images": images, "labels": labels, "seeds": seeds, "fallback": fallback}
 
 
+def read_input(job: ShardJob, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows start..stop of the input dataset (relative to its slice): images at the model's size,
+    labels and sources. Read in the actor, never on the driver."""
+    from ganaug.data import DatasetSpec, iter_dataset
+    from ganaug.data.paired import is_paired_spec, load_side
+
+    spec = str(DatasetSpec(job.dataset_scheme, job.dataset_location,
+                           job.dataset_offset + start, job.dataset_offset + stop, job.dataset_classes))
+    if is_paired_spec(spec):  # a pair spec's inputs are its A side
+        parts = [load_side(spec, "a", job.resolution, job.channels)]
+    else:
+        parts = list(iter_dataset(spec, batch_rows=max(1, stop - start), resolution=job.resolution,
+                                  channels=job.channels))
+    images = np.concatenate([p.images for p in parts]) if parts else np.zeros((0,))
+    if images.shape[0] != stop - start:
+        raise GenerationError(f"dataset {spec}: read {images.shape[0]} rows, expected {stop - start}")
+    labels = np.concatenate([p.labels for p in parts]).astype(np.int64)
+    return images, labels, [s for p in parts for s in p.sources]
+
+
 class TranslateActor(_SamplingStage):
-    """Translates rows start..stop of the input dataset (read here, not on the driver)."""
+    """Translates rows start..stop of the input dataset."""
 
     def make(self, start: int, stop: int) -> dict:
-        from ganaug.data import DatasetSpec, iter_dataset
-        from ganaug.data.paired import is_paired_spec, load_side
-
-        job = self.job
-        spec = str(DatasetSpec(job.dataset_scheme, job.dataset_location,
-                               job.dataset_offset + start, job.dataset_offset + stop, job.dataset_classes))
-        if is_paired_spec(spec):  # a pair spec's inputs are its A side
-            parts = [load_side(spec, "a", job.resolution, job.channels)]
-        else:
-            parts = list(iter_dataset(spec, batch_rows=max(1, stop - start), resolution=job.resolution,
-                                      channels=job.channels))
-        images = np.concatenate([p.images for p in parts]) if parts else np.zeros((0,))
-        if images.shape[0] != stop - start:
-            raise GenerationError(f"dataset {spec}: read {images.shape[0]} rows, expected {stop - start}")
-        labels = np.concatenate([p.labels for p in parts]).astype(np.int64)
+        images, labels, sources = read_input(self.job, start, stop)
         # Translation draws no noise: seed -1 (and truncation 1 in stage 2).
         return {"images": self.sampler.translate(images), "labels": labels,
-                "seeds": np.full(stop - start, -1, dtype=np.int64), "fallback": 0,
-                "sources": [s for p in parts for s in p.sources]}
+                "seeds": np.full(stop - start, -1, dtype=np.int64), "fallback": 0, "sources": sources}
 
 
-SAMPLING_STAGES = {"generate": SamplerActor, "translate": TranslateActor}
+# Images projected (and rows restyled) per optimisation batch: fixed, so a shard's bytes do not
+# depend on the device's memory, and small enough for a CPU actor.
+PROJECT_CHUNK = 64
+
+
+class RestyleActor(_SamplingStage):
+    """`translate --restyle`: output row r is input row r // variants, projected into W+ (once per
+    shard) and given `restyle`'s layers from the style latent of seed style_seed + r."""
+
+    def __init__(self, job: ShardJob):
+        super().__init__(job)
+        self.features = None
+        if job.feature_net is not None:
+            import torch
+
+            from ganaug.metrics.classifier import SmallCNN
+
+            net = SmallCNN(**job.feature_net["config"])
+            net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in job.feature_net["state"].items()})
+            net = net.to(self.sampler.device).eval().requires_grad_(False)
+            self.features = net.features
+
+    def make(self, start: int, stop: int) -> dict:
+        from ganaug.projection import project, restyle
+
+        job, G = self.job, self.sampler.G
+        first, last = start // job.variants, (stop - 1) // job.variants + 1
+        images, labels, sources = read_input(job, first, last)
+        conditional = self.sampler.conditional
+        if conditional:
+            bad = np.flatnonzero((labels < 0) | (labels >= self.sampler.num_classes))
+            if len(bad):
+                raise GenerationError(f"--input row {job.dataset_offset + first + int(bad[0])}: label "
+                                      f"{int(labels[bad[0]])} is not one of the model's "
+                                      f"{self.sampler.num_classes} classes")
+        ws, error, start_error = [], [], []
+        for a in range(0, len(images), PROJECT_CHUNK):
+            part = slice(a, a + PROJECT_CHUNK)
+            p = project(G, images[part], labels[part] if conditional else None, steps=job.project_steps,
+                        lr=job.project_lr, features=self.features)
+            ws.append(p.ws)
+            error.append(p.error)
+            start_error.append(p.start_error)
+        import torch
+
+        ws_all = torch.cat(ws)
+        rows = np.arange(start, stop, dtype=np.int64)
+        pick = rows // job.variants - first
+        style_seeds = job.style_seed + rows
+        out = [restyle(G, ws_all[pick[a:a + PROJECT_CHUNK]], job.restyle, style_seeds[a:a + PROJECT_CHUNK].tolist(),
+                       labels[pick[a:a + PROJECT_CHUNK]] if conditional else None)
+               for a in range(0, len(rows), PROJECT_CHUNK)]
+        err, err0 = np.concatenate(error), np.concatenate(start_error)
+        return {"images": np.concatenate(out), "labels": labels[pick], "seeds": style_seeds, "fallback": 0,
+                "sources": [sources[i] for i in pick],
+                "projection": {"images": int(len(err)), "mse_mean_latent": float(err0.mean()),
+                               "mse_projected": float(err.mean())}}
+
+
+SAMPLING_STAGES = {"generate": SamplerActor, "translate": TranslateActor, "restyle": RestyleActor}
 
 
 def write_shards(batch: dict[str, np.ndarray], job: ShardJob) -> dict[str, np.ndarray]:
@@ -141,8 +207,11 @@ def write_shards(batch: dict[str, np.ndarray], job: ShardJob) -> dict[str, np.nd
                 "sha256": written.sha256, "counts": count_labels(labels), "fallback": int(batch["fallback"][k]),
                 "candidates": candidates_drawn(seeds, start, job.seed, job.total_rows) if job.filter
                 else stop - start}
+        if "projection" in batch:
+            info["projection"] = json.loads(str(batch["projection"][k]))
+            out.setdefault("projection", [])
         # After the shard: a record without its shard never exists.
         storage.write_json(storage.join(job.out, shards.record_name(index)), info)
         for key, column in out.items():
-            column.append(json.dumps(info[key]) if key == "counts" else info[key])
+            column.append(json.dumps(info[key]) if key in ("counts", "projection") else info[key])
     return {k: np.asarray(v) for k, v in out.items()}

@@ -4,7 +4,7 @@ With a few hundred images the last checkpoint is often not the best one: D overf
 drifts or collapses. So at every checkpoint rank 0 scores G_ema with KID in the domain feature
 space (the evaluate command's `domain` features: a small CNN trained on the rows the GAN trains
 on, cached by fingerprint) against a held-back slice of the training data, a class-stratified
-`training.select_holdout` share of `data.spec` that the GAN never trains on. The fake sample is
+`data.holdout` share of `data.spec` that the GAN never trains on. The fake sample is
 fixed (seeds 0..n-1, labels j mod K), so scores differ only by the weights.
 
 The run's `best.json` names the checkpoint with the lowest KID so far; `--checkpoint RUN` then
@@ -56,7 +56,7 @@ class QualityJudge:
         if classes < 2 or len(holdout_images) < 2:
             raise UserError(f"training.select_by kid needs a labelled dataset of at least 2 classes and 2 held-back "
                             f"rows (the domain feature network is a classifier); this one has {classes} class(es) "
-                            f"and {len(holdout_images)} held-back row(s): raise training.select_holdout or set "
+                            f"and {len(holdout_images)} held-back row(s): raise data.holdout or set "
                             "training.select_by: none")
         extractor = DomainFeatures.from_training(train_images, train_labels, num_classes, device=device)
         labels = (np.arange(samples) % num_classes).astype(np.int64) if conditional else None
