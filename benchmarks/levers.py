@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/levers.py --dataset cifar10 --k 500 --steps 1500
     .venv/bin/python benchmarks/levers.py --dataset mnist --k 20 --quick        # smoke run
 
-What it measures (one JSON object, last stdout line and OUT/levers.json):
+What it measures (one JSON object, last stdout line and OUT/levers-ARMS.json):
 - k images per class are drawn (subset seed 0) from the training split without its validation
   part and written to one Parquet file. Every GAN here trains through `ganaug train` on that
   file alone, for the same fixed number of steps (not minutes: the arms are compared at equal
@@ -57,11 +57,12 @@ def train_cached(args, family: str, name: str, overrides: list[str]) -> dict:
     return s
 
 
-def gan_overrides(args, spec: str, augment: str) -> list[str]:
-    every = max(1, args.steps // args.checkpoints)
+def gan_overrides(args, spec: str, augment: str, steps: int | None = None) -> list[str]:
+    steps = steps or args.steps
+    every = max(1, steps // args.checkpoints)
     out = [f"data.spec={spec}", f"data.holdout={args.holdout}", "training.select_by=kid",
            f"training.select_samples={args.select_samples}", f"training.augment={augment}",
-           f"training.steps={args.steps}", "training.max_minutes=0", f"training.checkpoint_every={every}",
+           f"training.steps={steps}", "training.max_minutes=0", f"training.checkpoint_every={every}",
            f"training.report_every={min(50, every)}", "training.keep_checkpoints=2"]
     if augment == "ada":
         # p moves 0 -> 1 in ada_kimg thousand images: the default (100) is sized for long runs.
@@ -110,6 +111,9 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", default="mnist", choices=("mnist", "cifar10"))
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--steps", type=int, default=1500, help="training steps of every GAN (equal work per arm)")
+    p.add_argument("--stylegan2-steps", type=int, default=0, help="steps of the restyle arm's StyleGAN2 "
+                   "(default --steps; it only restyles, so it is not one of the equal-work cgan arms)")
+    p.add_argument("--splits", default="val,heldout", help="where each arm is scored: val, heldout or both")
     p.add_argument("--checkpoints", type=int, default=6, help="checkpoints (KID judgements) per run")
     p.add_argument("--holdout", type=float, default=0.1, help="data.holdout: the share KID judges against")
     p.add_argument("--select-samples", type=int, default=500)
@@ -148,7 +152,7 @@ def main(argv=None) -> dict:
     splits = {name: GainSplit(pool_real, (ds.images, ds.labels), names, args.k, seeds=list(range(args.seeds)),
                               steps=args.gain_steps, gan_per_class=args.gan_per_class, subset_seed=0,
                               hflip=proto.hflip, device="cpu")
-              for name, ds in (("val", val), ("heldout", held))}
+              for name, ds in (("val", val), ("heldout", held)) if name in args.splits.split(",")}
     n_pool = args.gan_per_class * len(names)
 
     # 1. The GANs: same k-shot file, same steps, one lever apart.
@@ -161,7 +165,7 @@ def main(argv=None) -> dict:
                                         gan_overrides(args, subset, "ada"))
     if "restyle" in arms:
         runs["stylegan2-ada"] = train_cached(args, "stylegan2", f"{proto.name}-k{args.k}-stylegan2-ada",
-                                             gan_overrides(args, subset, "ada"))
+                                             gan_overrides(args, subset, "ada", args.stylegan2_steps))
     for name, s in runs.items():
         if s["data"]["spec"] != subset:
             raise SystemExit(f"{name} trained on {s['data']['spec']}, not the k-shot file {subset}")
@@ -173,12 +177,16 @@ def main(argv=None) -> dict:
     # 2. The pools: (images, labels) at the data's own size, one per arm.
     pools: dict[str, tuple] = {}
     arm_info: dict[str, dict] = {}
+    same_as: dict[str, str] = {}  # an arm whose pool is another's (best is the last checkpoint)
     for name, s in runs.items():
         cks = checkpoints_of(s)
         for which in ("last", "best"):
-            pools[f"{name} {which}"], _ = quality.sample_native(cks[which], n_pool, 0, 1.0, proto.native)
-            arm_info[f"{name} {which}"] = {"checkpoint": cks[which], "best_step": cks["best_step"],
-                                           "best_kid": cks["best_kid"]}
+            arm = f"{name} {which}"
+            arm_info[arm] = {"checkpoint": cks[which], "best_step": cks["best_step"], "best_kid": cks["best_kid"]}
+            if which == "best" and cks["best"] == cks["last"]:
+                same_as[arm] = f"{name} last"
+                continue
+            pools[arm], _ = quality.sample_native(cks[which], n_pool, 0, 1.0, proto.native)
     if "restyle" in arms:
         run_dir = runs["stylegan2-ada"]["run"]
         for group in [g.strip() for g in args.restyle_groups.split(",") if g.strip()]:
@@ -197,6 +205,9 @@ def main(argv=None) -> dict:
             row[split_name] = {"accuracy": round(g.accuracy, 4), "baseline": round(g.baseline_accuracy, 4),
                                "gain": round(g.mean, 4), "gain_std": round(g.std, 4)}
             quality.log(f"{split_name} {arm}: gain {g.mean:+.4f} ± {g.std:.4f}")
+    for arm, other in same_as.items():
+        table[arm] = {**arm_info[arm], **{k: v for k, v in table[other].items() if k in splits},
+                      "same_pool_as": other}
 
     summary = {
         "benchmark": "levers", "dataset": proto.name, "k": args.k, "kshot_file": subset,
@@ -206,10 +217,12 @@ def main(argv=None) -> dict:
         "arms": table,
         "settings": {key: getattr(args, key) for key in ("steps", "checkpoints", "holdout", "select_samples",
                                                          "ada_kimg", "real_fraction", "seeds", "gain_steps",
-                                                         "gan_per_class", "variants", "project_steps", "quick")},
+                                                         "gan_per_class", "variants", "project_steps", "quick",
+                                                         "stylegan2_steps", "splits")},
         "seconds": round(time.time() - t_start, 1), "load_average": os.getloadavg(),
     }
-    (Path(args.out) / "levers.json").write_text(json.dumps(summary, indent=2))
+    # one file per arm list: arms measured in separate invocations (same OUT, same runs) stay apart
+    (Path(args.out) / f"levers-{'-'.join(arms)}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
 

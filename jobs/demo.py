@@ -109,12 +109,24 @@ def step_train(cfg: DemoConfig) -> dict:
 
 
 def step_generate(cfg: DemoConfig, checkpoint: str) -> dict:
-    from ganaug.generation import GenerateConfig, run_generate
+    """Reuse (or finish) the set when it was made with these exact arguments, checkpoint
+    included; otherwise (another checkpoint, another environment) make it again."""
+    from ganaug.generation import GenerateConfig, GenerationError, run_generate
 
     gen = GenerateConfig(checkpoint=checkpoint, out=f"{cfg.store}/sets/{cfg.name}-balanced",
                          num=cfg.num, labels=f"balance:{TRAIN_SPEC}", seed=0,
-                         rows_per_shard=cfg.rows_per_shard, workers=cfg.gen_workers, overwrite=True)
-    return run_generate(gen.validate(), progress=True)
+                         rows_per_shard=cfg.rows_per_shard, workers=cfg.gen_workers).validate()
+    try:
+        summary = run_generate(gen, progress=True)
+    except GenerationError as e:
+        if "--overwrite" not in str(e):   # a failure, not a refusal to mix sets: as before
+            raise
+        _say(f"[generate] {e}: generating it again")
+        gen.overwrite = True
+        return run_generate(gen, progress=True)
+    if summary["generated_rows"] == 0:
+        _say(f"[generate] same arguments and checkpoint: reusing {summary['out']}")
+    return summary
 
 
 def _digest(obj) -> str:
