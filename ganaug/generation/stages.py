@@ -142,7 +142,8 @@ class RestyleActor(_SamplingStage):
             from ganaug.metrics.classifier import SmallCNN
 
             net = SmallCNN(**job.feature_net["config"])
-            net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in job.feature_net["state"].items()})
+            # torch.tensor copies: the arrays Ray hands over are read-only
+            net.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in job.feature_net["state"].items()})
             net = net.to(self.sampler.device).eval().requires_grad_(False)
             self.features = net.features
 
