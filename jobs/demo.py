@@ -111,16 +111,14 @@ def step_train(cfg: DemoConfig) -> dict:
 def step_generate(cfg: DemoConfig, checkpoint: str) -> dict:
     """Reuse (or finish) the set when it was made with these exact arguments, checkpoint
     included; otherwise (another checkpoint, another environment) make it again."""
-    from ganaug.generation import GenerateConfig, GenerationError, run_generate
+    from ganaug.generation import GenerateConfig, OtherSetError, run_generate
 
     gen = GenerateConfig(checkpoint=checkpoint, out=f"{cfg.store}/sets/{cfg.name}-balanced",
                          num=cfg.num, labels=f"balance:{TRAIN_SPEC}", seed=0,
                          rows_per_shard=cfg.rows_per_shard, workers=cfg.gen_workers).validate()
     try:
         summary = run_generate(gen, progress=True)
-    except GenerationError as e:
-        if "--overwrite" not in str(e):   # a failure, not a refusal to mix sets: as before
-            raise
+    except OtherSetError as e:  # another checkpoint or environment made it: the demo replaces it
         _say(f"[generate] {e}: generating it again")
         gen.overwrite = True
         return run_generate(gen, progress=True)

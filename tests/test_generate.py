@@ -509,3 +509,23 @@ def test_translate_pix2pix(ckpts, ray_session, tmp_path, capsys):
     import ray
 
     assert ray.data.read_parquet(str(out)).count() == 300
+
+
+def test_refusals_to_mix_sets_are_their_own_error(tmp_path):
+    """The refusals that --overwrite lifts raise OtherSetError (a GenerationError), so a caller
+    such as the demo can replace another set without matching message text."""
+    from ganaug.generation import GenerationError, OtherSetError
+    from ganaug.generation import outdir as generation_outdir
+
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / shards.MANIFEST).write_text(json.dumps({"fingerprint": "other", "arguments": {"seed": 1}}))
+    with pytest.raises(OtherSetError, match="different arguments") as info:
+        generation_outdir.prepare(str(out), {"seed": 0}, overwrite=False)
+    assert isinstance(info.value, GenerationError)
+    (out / shards.MANIFEST).unlink()
+    (out / shards.shard_name(0)).write_bytes(b"x")
+    with pytest.raises(OtherSetError, match="unknown origin"):
+        generation_outdir.prepare(str(out), {"seed": 0}, overwrite=False)
+    assert generation_outdir.prepare(str(out), {"seed": 0}, overwrite=True) is None
+    assert not (out / shards.shard_name(0)).exists()

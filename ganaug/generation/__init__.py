@@ -36,8 +36,8 @@ DIE_AFTER_ENV = faults.DIE_AFTER_ENV  # kept here: the tests import it from this
 # ShardJob imports this package, and must not pay for torch and the checkpoint code it never
 # runs (seconds and hundreds of MB in every worker process).
 _EXPORTS = {
-    "config": ("DEFAULT_ROWS_PER_SHARD", "GenerateConfig", "GenerationError", "TranslateConfig", "config_dict",
-               "parse_resources"),
+    "config": ("DEFAULT_ROWS_PER_SHARD", "GenerateConfig", "GenerationError", "OtherSetError", "TranslateConfig",
+               "config_dict", "parse_resources"),
     "filters": ("FILTER_PLUGINS", "FILTERS", "MAX_FILTER_TRIES", "FilterEntry", "ImageFilter",
                 "_load_filter_plugins", "candidates_drawn", "generate_rows", "parse_filter", "register_filter"),
     "plan": ("RunPlan", "ShardJob", "plan_generate", "plan_translate", "shard_ranges"),
@@ -49,7 +49,8 @@ _MODULES = ("config", "filters", "plan", "stages", "pipeline", "outdir", "run")
 
 __all__ = [  # noqa: RUF022 - grouped by module, as _EXPORTS
     "DIE_AFTER_ENV",
-    "DEFAULT_ROWS_PER_SHARD", "GenerateConfig", "GenerationError", "TranslateConfig", "config_dict", "parse_resources",
+    "DEFAULT_ROWS_PER_SHARD", "GenerateConfig", "GenerationError", "OtherSetError", "TranslateConfig", "config_dict",
+    "parse_resources",
     "FILTER_PLUGINS", "FILTERS", "MAX_FILTER_TRIES", "FilterEntry", "ImageFilter", "_load_filter_plugins",
     "candidates_drawn", "generate_rows", "parse_filter", "register_filter",
     "RunPlan", "ShardJob", "plan_generate", "plan_translate", "shard_ranges",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         DEFAULT_ROWS_PER_SHARD,
         GenerateConfig,
         GenerationError,
+        OtherSetError,
         TranslateConfig,
         config_dict,
         parse_resources,

@@ -22,6 +22,11 @@ class GenerationError(UserError):
     pass
 
 
+class OtherSetError(GenerationError):
+    """--out holds another set (other arguments, unknown shards, another environment): refused
+    so sets never mix; --overwrite replaces it."""
+
+
 def _check(cond: bool, msg: str) -> None:
     require(cond, msg, GenerationError)
 

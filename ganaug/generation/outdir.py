@@ -20,7 +20,7 @@ import uuid
 
 from ganaug import environment, shards, storage
 from ganaug.errors import UserError
-from ganaug.generation.config import GenerationError
+from ganaug.generation.config import GenerationError, OtherSetError
 from ganaug.generation.filters import MAX_FILTER_TRIES, candidates_drawn
 from ganaug.generation.plan import RunPlan
 from ganaug.labels import count_labels
@@ -56,17 +56,17 @@ def prepare(out: str, arguments: dict, overwrite: bool) -> dict | None:
             man = storage.read_json(storage.join(out, shards.MANIFEST))
             if man.get("fingerprint") == fp:
                 return man
-            raise GenerationError(f"--out {out} already holds a generated set made with different arguments "
+            raise OtherSetError(f"--out {out} already holds a generated set made with different arguments "
                                   f"({_diff(man.get('arguments', {}), arguments)}); choose another --out "
                                   "or pass --overwrite")
         if shards.INTENT in names:
             intent = storage.read_json(storage.join(out, shards.INTENT))
             if intent.get("fingerprint") != fp:
-                raise GenerationError(f"--out {out} holds an unfinished set made with different arguments "
+                raise OtherSetError(f"--out {out} holds an unfinished set made with different arguments "
                                       f"({_diff(intent.get('arguments', {}), arguments)}); re-run that command "
                                       "to finish it, choose another --out, or pass --overwrite")
         elif ours:
-            raise GenerationError(f"--out {out} already holds {len(ours)} Parquet shards of unknown origin; "
+            raise OtherSetError(f"--out {out} already holds {len(ours)} Parquet shards of unknown origin; "
                                   "choose another --out or pass --overwrite")
         return None
     # --overwrite: the marker goes first so the folder is never a complete-looking mix.
@@ -89,7 +89,7 @@ def check_environment(out: str, recorded: dict | None, now: dict, allow: bool, r
     """Refuse to add shards made here to shards made in another environment (bytes may differ)."""
     changed = environment.differences(recorded, now) if recorded else []
     if changed and not allow:
-        raise GenerationError(f"--out {out}: {reused} of {total} shards were made in another environment "
+        raise OtherSetError(f"--out {out}: {reused} of {total} shards were made in another environment "
                               f"({'; '.join(changed)}); finish the set there, pass --allow-env-change to "
                               "mix them anyway, or --overwrite to start again")
 
