@@ -63,10 +63,6 @@ class ShardJob:
         """Rows made from input images (a `source` column), not from noise alone."""
         return self.task in ("translate", "restyle")
 
-    @property
-    def input_rows(self) -> int:
-        return self.total_rows // self.variants
-
     def class_name(self, label: int) -> str:
         """The `class_name` column: as Sampler.class_name for generated rows; a translated row
         outside the dataset's class names gets ''."""
@@ -236,17 +232,20 @@ def _feature_net(cfg: TranslateConfig, job: ShardJob) -> tuple[dict | None, dict
     from ganaug.metrics.features import DomainFeatures
 
     per_class = max(1, FEATURE_ROWS // max(1, len(job.class_names)))
-    kept: dict[int, list[np.ndarray]] = {}
+    kept: dict[int, list[np.ndarray]] = {}   # label -> image batches, at most per_class rows in all
+    counts: dict[int, int] = {}
     for part in iter_dataset(cfg.input, batch_rows=1024, resolution=job.resolution, channels=job.channels):
-        for label in np.unique(part.labels):
-            if label >= 0 and sum(len(a) for a in kept.get(int(label), [])) < per_class:
-                kept.setdefault(int(label), []).append(part.images[part.labels == label])
-        if len(kept) == len(job.class_names) and all(sum(len(a) for a in v) >= per_class for v in kept.values()):
-            break
+        for label in (int(c) for c in np.unique(part.labels) if c >= 0):
+            take = part.images[part.labels == label][:per_class - counts.get(label, 0)]
+            if len(take):
+                kept.setdefault(label, []).append(take)
+                counts[label] = counts.get(label, 0) + len(take)
+        if len(counts) == len(job.class_names) and min(counts.values()) >= per_class:
+            break  # every class is full: the rest of the input is not read
     if len(kept) < 2:
         return None, {"loss": "pixel", "why": "the input has fewer than 2 labelled classes"}
-    images = np.concatenate([np.concatenate(v)[:per_class] for v in kept.values()])
-    labels = np.concatenate([np.full(min(per_class, sum(len(a) for a in v)), c) for c, v in kept.items()])
+    images = np.concatenate([a for label in kept for a in kept[label]])
+    labels = np.concatenate([np.full(counts[label], label) for label in kept])
     num_classes = max(len(job.class_names), int(labels.max()) + 1)
     domain = DomainFeatures.from_training(images, labels, num_classes)  # cached by its data's fingerprint
     net = domain.classifier
