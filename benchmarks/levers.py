@@ -95,9 +95,27 @@ def restyled_pool(args, ckpt_run: str, subset_spec: str, group: str, native: int
         raise SystemExit(f"ganaug translate --restyle {group} failed:\n{proc.stderr[-3000:]}")
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.strip()][-1])
     ds = load_dataset(f"parquet:{out}", native, args.channels)
+    write_restyle_grid(load_dataset(subset_spec, native, args.channels), ds, args.variants,
+                       Path(args.out) / f"restyle-{group}.png")
     info = {"command": "ganaug " + " ".join(cmd[3:]), "rows": int(len(ds.images)), "seconds": round(time.time() - t0, 1),
             "projection": result.get("projection")}
     return ds.images, ds.labels, info
+
+
+def write_restyle_grid(inputs, restyled, variants: int, path: Path) -> None:
+    """One row per class: its first k-shot image, then that image's restyled variants.
+
+    Output row r is input row r // variants (the translate contract); the labels confirm it."""
+    from ganaug.sampling import png_bytes
+
+    rows = []
+    for c in np.unique(inputs.labels):
+        i = int(np.flatnonzero(inputs.labels == c)[0])
+        own = slice(i * variants, (i + 1) * variants)
+        if not (restyled.labels[own] == c).all():
+            raise SystemExit(f"restyled rows {own.start}..{own.stop - 1} do not carry input row {i}'s label {c}")
+        rows.append(np.concatenate([inputs.images[i], *restyled.images[own]], axis=1))
+    path.write_bytes(png_bytes(np.concatenate(rows, axis=0), upscale=2))
 
 
 def main(argv=None) -> dict:
