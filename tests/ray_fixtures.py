@@ -20,7 +20,9 @@ def ray_session(s3):
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+    # Loopback only: left alone, Ray binds its GCS, raylet and workers to the machine's address.
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=False,
+             log_to_driver=False,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                        if k.startswith(("AWS_", "GANAUG_", "RAY_DATA_"))}})
     yield ray

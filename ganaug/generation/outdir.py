@@ -99,16 +99,21 @@ def write_intent(out: str, arguments: dict, env: dict) -> None:
                        {"fingerprint": shards.fingerprint(arguments), "arguments": arguments, "environment": env})
 
 
+def sweep_temporaries(out: str) -> None:
+    """Delete stale shard temporaries of a killed write (local temp files; on S3, storage's
+    hidden upload keys). Readers skip them anyway; this keeps a finished set free of litter."""
+    for n in storage.listdir(out):
+        if n.startswith(".part-") and n.endswith(".tmp"):
+            storage.delete(storage.join(out, n))
+
+
 def verify_existing(out: str, ranges: list[tuple[int, int, int]], seed: int, total_rows: int,
                     filtered: bool) -> dict[int, dict]:
     """Shards already written by an earlier (interrupted) run of the same command."""
     import pyarrow.parquet as pq
 
+    sweep_temporaries(out)
     names = set(storage.listdir(out))
-    # stale temporaries of a killed write (local temp files; on S3, storage's hidden upload keys)
-    for n in names:
-        if n.startswith(".part-") and n.endswith(".tmp"):
-            storage.delete(storage.join(out, n))
     todo = [(i, a, b) for i, a, b in ranges if shards.shard_name(i) in names]
 
     def by_record(i: int, rows: int) -> dict | None:
@@ -180,6 +185,9 @@ def finish(plan: RunPlan, results: dict[int, dict], ranges: list[tuple[int, int,
                                      checkpoint_id=job.checkpoint_id, arguments=arguments,
                                      class_names=plan.class_names, fmt=job.fmt, translated=plan.translated,
                                      extra=extra)
+    # Every shard of this run is written, so a temporary now belongs to a killed earlier run's
+    # task that outlived its driver for a moment (Ray reaps a dead job's workers asynchronously).
+    sweep_temporaries(out)
     shards.write_manifest(out, manifest)  # the marker: last
     storage.delete(storage.join(out, shards.INTENT))
     storage.delete(storage.join(out, shards.RECORDS), recursive=True)
