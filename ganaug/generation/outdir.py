@@ -99,12 +99,15 @@ def write_intent(out: str, arguments: dict, env: dict) -> None:
                        {"fingerprint": shards.fingerprint(arguments), "arguments": arguments, "environment": env})
 
 
-def sweep_temporaries(out: str) -> None:
+def sweep_temporaries(out: str) -> set[str]:
     """Delete stale shard temporaries of a killed write (local temp files; on S3, storage's
-    hidden upload keys). Readers skip them anyway; this keeps a finished set free of litter."""
-    for n in storage.listdir(out):
-        if n.startswith(".part-") and n.endswith(".tmp"):
-            storage.delete(storage.join(out, n))
+    hidden upload keys); returns the names left. Readers skip temporaries anyway; this keeps a
+    finished set free of litter."""
+    names = set(storage.listdir(out))
+    stale = {n for n in names if n.startswith(".part-") and n.endswith(".tmp")}
+    for n in stale:
+        storage.delete(storage.join(out, n))
+    return names - stale
 
 
 def verify_existing(out: str, ranges: list[tuple[int, int, int]], seed: int, total_rows: int,
@@ -112,8 +115,7 @@ def verify_existing(out: str, ranges: list[tuple[int, int, int]], seed: int, tot
     """Shards already written by an earlier (interrupted) run of the same command."""
     import pyarrow.parquet as pq
 
-    sweep_temporaries(out)
-    names = set(storage.listdir(out))
+    names = sweep_temporaries(out)  # one listing (a LIST request on S3) serves both
     todo = [(i, a, b) for i, a, b in ranges if shards.shard_name(i) in names]
 
     def by_record(i: int, rows: int) -> dict | None:
