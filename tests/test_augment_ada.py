@@ -259,3 +259,29 @@ def test_trainer_with_ada_resumes_exactly():
     b = GANTrainer(cfg, images, labels, names)
     b.load_state_dict(torch.load(buf, weights_only=True))
     assert [b.train_step() for _ in range(3)] == cont
+
+
+def test_reports_carry_r_t_as_ada_rt():
+    """fit's reports (and so metrics.jsonl) log the controller's input r_t as `ada_rt`: the
+    window's mean of each D step's mean sign(D(real))."""
+    from ganaug.training import GANTrainer
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8)
+    labels, names = np.arange(8) % 4, [str(i) for i in range(4)]
+    tr = GANTrainer(tiny_run_config("cgan", augment="ada", ada_p=0.2, lr_d=1e-3), images, labels, names)
+    signs: list[float] = []
+    step = tr.train_step
+
+    def recording_step():
+        stats = step()
+        signs.append(stats["d_real_sign"])
+        return stats
+
+    tr.train_step = recording_step
+    reports: list[dict] = []
+    tr.fit(4, report_every=2, on_report=reports.append)
+    assert [r["step"] for r in reports] == [2, 4]
+    for r, window in zip(reports, (signs[:2], signs[2:])):
+        assert "d_real_sign" not in r
+        assert r["ada_rt"] == pytest.approx(sum(window) / 2)

@@ -100,8 +100,9 @@ def test_metrics_log_resume_keeps_steps_monotonic(tmp_path):
 def test_progress_line_and_redaction():
     line = run_files.format_progress(
         {"step": 40, "images_per_s": 320.0, "loss_g": 0.8766, "loss_d": 1.2, "d_real": 0.4, "d_fake": -0.3,
-         "ada_p": 0.0, "seconds": 12.0, "g_hash": "abc", "images_seen": 1280}, 200, global_batch=32)
+         "ada_rt": 0.65, "ada_p": 0.0, "seconds": 12.0, "g_hash": "abc", "images_seen": 1280}, 200, global_batch=32)
     assert line.startswith("step  40/200   20%  320.0 img/s  loss_g 0.877  loss_d 1.200")
+    assert "d_fake -0.300  ada_p 0.000  ada_rt 0.650" in line  # p and its signal last, together
     assert "ETA 0:16" in line and "g_hash" not in line
     assert run_files.redact("s3://AKIA:s3cr3t@bucket/x") == "s3://***@bucket/x"
 

@@ -494,8 +494,8 @@ class GANTrainer:
         """Train until `self.step == total_steps` (continuing from the current step).
 
         on_report(dict) every `report_every` steps and at the last step: step, images_seen,
-        loss_g, loss_d, d_real, d_fake, ada_p, images_per_s, seconds (since fit started) and
-        any other loss stats (r1, gp, aux_*), averaged over the window and, when distributed,
+        loss_g, loss_d, d_real, d_fake, ada_p, ada_rt (mean sign(D(real)), ADA's r_t), images_per_s,
+        seconds (since fit started) and any other loss stats (r1, gp, aux_*), averaged over the window and, when distributed,
         over ranks (a collective: every rank reports at the same steps).
         on_checkpoint(step) every `checkpoint_every` steps and at the last step; the caller saves.
         should_stop(step), after every step: True makes this step the last one (reported and
@@ -522,6 +522,8 @@ class GANTrainer:
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
                 report = self._reduce({k: sums[k] / counts[k] for k in sums})
+                if "d_real_sign" in report:  # ADA's overfitting signal r_t over the window, for every run
+                    report["ada_rt"] = report.pop("d_real_sign")
                 report.update(step=self.step, images_seen=self.images_seen, ada_p=float(self.augment.p),
                               images_per_s=images_win / max(now - t_win, 1e-9), seconds=now - t0)
                 for k in ("loss_g", "loss_d", "d_real", "d_fake"):

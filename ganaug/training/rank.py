@@ -124,7 +124,7 @@ class _RankRun:
         report = dict(report)
         report["seconds"] = self.seconds0 + float(report.get("seconds", 0.0))
         if self.metrics_log is not None:
-            self.metrics_log.append({k: v for k, v in report.items() if k != "d_real_sign"})
+            self.metrics_log.append(report)
         if self.is_checkpoint_step(self.trainer.step):
             self.pending = report  # reported together with the checkpoint, right after
         else:

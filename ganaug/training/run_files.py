@@ -29,7 +29,7 @@ SAMPLES_DIR = "samples"
 
 # Keys of a metrics line that are bookkeeping, not values to print next to the losses.
 _NOT_SHOWN = {"step", "images_seen", "images_per_s", "seconds", "rank", "node", "g_hash", "d_hash",
-              "resumed_from", "d_real_sign", "d_fake_g", "preemption_checkpoint",
+              "resumed_from", "d_fake_g", "preemption_checkpoint",
               "checkpoint_s", "quality", "best_step"}
 _FIRST = ("loss_g", "loss_d", "d_real", "d_fake")
 
@@ -175,16 +175,16 @@ def loss_items(record: dict) -> list[tuple[str, Any]]:
     """(name, value) of the numbers worth printing: losses and D outputs first, ada_p last."""
     nums = {k: v for k, v in record.items()
             if k not in _NOT_SHOWN and (v is None or isinstance(v, (int, float))) and not isinstance(v, bool)}
-    order = [k for k in _FIRST if k in nums] + sorted(k for k in nums if k not in _FIRST and k != "ada_p")
-    if "ada_p" in nums:
-        order.append("ada_p")
+    last = ("ada_p", "ada_rt")  # the augmentation strength and the signal that drives it, together
+    order = [k for k in _FIRST if k in nums] + sorted(k for k in nums if k not in _FIRST and k not in last)
+    order += [k for k in last if k in nums]
     return [(k, nums[k]) for k in order]
 
 
 def format_progress(record: dict, total_steps: int, *, global_batch: int) -> str:
     """One human line per report, e.g.
 
-    step   40/200  20%  312.5 img/s  loss_d 1.234  loss_g 0.876  d_real 0.412  ada_p 0.000  0:12  ETA 0:48
+    step   40/200  20%  312.5 img/s  loss_d 1.234  loss_g 0.876  d_real 0.412  ada_p 0.000  ada_rt 0.650  0:12  ETA 0:48
 
     The ETA uses the last window's pace (images_per_s over the global batch), so a resumed
     run's estimate does not count the time lost to the crash.
