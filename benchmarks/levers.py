@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/levers.py --dataset cifar10 --k 500 --steps 1500
     .venv/bin/python benchmarks/levers.py --dataset mnist --k 20 --quick        # smoke run
 
-What it measures (one JSON object, last stdout line and OUT/levers-ARMS.json):
+What it measures (one JSON object, last stdout line and OUT/levers-DATASET-kK-ARMS.json):
 - k images per class are drawn (subset seed 0) from the training split without its validation
   part and written to one Parquet file. Every GAN here trains through `ganaug train` on that
   file alone, for the same fixed number of steps (not minutes: the arms are compared at equal
@@ -66,7 +66,7 @@ def gan_overrides(args, spec: str, augment: str, steps: int | None = None) -> li
            f"training.report_every={min(50, every)}", "training.keep_checkpoints=2"]
     if augment == "ada":
         # p moves 0 -> 1 in ada_kimg thousand images: the default (100) is sized for long runs.
-        out.append(f"training.ada_kimg={args.ada_kimg}")
+        out += [f"training.ada_kimg={args.ada_kimg}", f"training.ada_target={args.ada_target}"]
     return out + list(args.gan_set)
 
 
@@ -83,7 +83,7 @@ def restyled_pool(args, ckpt_run: str, subset_spec: str, group: str, native: int
     """`ganaug translate --restyle GROUP --variants V` over the k-shot file; the set read back."""
     from ganaug.data import load_dataset
 
-    out = Path(args.out) / "restyled" / group
+    out = Path(args.out) / "restyled" / f"{args.dataset}-k{args.k}-{group}"  # one set per k-shot file
     cmd = [sys.executable, "-m", "ganaug.cli", "translate", "--checkpoint", ckpt_run, "--input", subset_spec,
            "--out", str(out), "--restyle", group, "--style-seed", "0", "--variants", str(args.variants),
            "--project-steps", str(args.project_steps), "--rows-per-shard", "500"]
@@ -96,7 +96,7 @@ def restyled_pool(args, ckpt_run: str, subset_spec: str, group: str, native: int
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.strip()][-1])
     ds = load_dataset(f"parquet:{out}", native, args.channels)
     write_restyle_grid(load_dataset(subset_spec, native, args.channels), ds, args.variants,
-                       Path(args.out) / f"restyle-{group}.png")
+                       Path(args.out) / f"restyle-{args.dataset}-k{args.k}-{group}.png")
     info = {"command": "ganaug " + " ".join(cmd[3:]), "rows": int(len(ds.images)), "seconds": round(time.time() - t0, 1),
             "projection": result.get("projection")}
     return ds.images, ds.labels, info
@@ -136,6 +136,9 @@ def main(argv=None) -> dict:
     p.add_argument("--holdout", type=float, default=0.1, help="data.holdout: the share KID judges against")
     p.add_argument("--select-samples", type=int, default=500)
     p.add_argument("--ada-kimg", type=float, default=20.0)
+    p.add_argument("--ada-target", type=float, default=0.6,
+                   help="the r_t target of ADA's controller (0.6 is the paper's, for its logistic loss); "
+                        "another value names the cgan-ada run and arm apart, so both can share OUT")
     p.add_argument("--arms", default="diffaugment,ada,restyle")
     p.add_argument("--restyle-groups", default="fine")
     p.add_argument("--variants", type=int, default=5, help="restyled rows per k-shot image")
@@ -179,8 +182,9 @@ def main(argv=None) -> dict:
         runs["cgan-diffaugment"] = train_cached(args, "cgan", f"{proto.name}-k{args.k}-cgan-diffaugment",
                                                 gan_overrides(args, subset, DIFFAUGMENT))
     if "ada" in arms:
-        runs["cgan-ada"] = train_cached(args, "cgan", f"{proto.name}-k{args.k}-cgan-ada",
-                                        gan_overrides(args, subset, "ada"))
+        tag = "" if args.ada_target == 0.6 else f"-target{args.ada_target:g}"
+        runs[f"cgan-ada{tag}"] = train_cached(args, "cgan", f"{proto.name}-k{args.k}-cgan-ada{tag}",
+                                              gan_overrides(args, subset, "ada"))
     if "restyle" in arms:
         runs["stylegan2-ada"] = train_cached(args, "stylegan2", f"{proto.name}-k{args.k}-stylegan2-ada",
                                              gan_overrides(args, subset, "ada", args.stylegan2_steps))
@@ -234,13 +238,16 @@ def main(argv=None) -> dict:
                  for name, s in runs.items()},
         "arms": table,
         "settings": {key: getattr(args, key) for key in ("steps", "checkpoints", "holdout", "select_samples",
-                                                         "ada_kimg", "real_fraction", "seeds", "gain_steps",
+                                                         "ada_kimg", "ada_target", "real_fraction", "seeds", "gain_steps",
                                                          "gan_per_class", "variants", "project_steps", "quick",
                                                          "stylegan2_steps", "splits")},
         "seconds": round(time.time() - t_start, 1), "load_average": os.getloadavg(),
     }
-    # one file per arm list: arms measured in separate invocations (same OUT, same runs) stay apart
-    (Path(args.out) / f"levers-{'-'.join(arms)}.json").write_text(json.dumps(summary, indent=2))
+    # one file per k-shot file and arm list: separate invocations (same OUT, same runs) stay apart
+    name = f"levers-{proto.name}-k{args.k}-{'-'.join(arms)}"
+    if args.ada_target != 0.6 and "ada" in arms:
+        name += f"-target{args.ada_target:g}"
+    (Path(args.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
 
