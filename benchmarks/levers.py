@@ -83,7 +83,8 @@ def restyled_pool(args, ckpt_run: str, subset_spec: str, group: str, native: int
     """`ganaug translate --restyle GROUP --variants V` over the k-shot file; the set read back."""
     from ganaug.data import load_dataset
 
-    out = Path(args.out) / "restyled" / f"{args.dataset}-k{args.k}-{group}"  # one set per k-shot file
+    part = f"-first{args.restyle_per_class}" if args.restyle_per_class else ""
+    out = Path(args.out) / "restyled" / f"{args.dataset}-k{args.k}{part}-{group}"  # one set per input file
     cmd = [sys.executable, "-m", "ganaug.cli", "translate", "--checkpoint", ckpt_run, "--input", subset_spec,
            "--out", str(out), "--restyle", group, "--style-seed", "0", "--variants", str(args.variants),
            "--project-steps", str(args.project_steps), "--rows-per-shard", "500"]
@@ -96,7 +97,7 @@ def restyled_pool(args, ckpt_run: str, subset_spec: str, group: str, native: int
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.strip()][-1])
     ds = load_dataset(f"parquet:{out}", native, args.channels)
     write_restyle_grid(load_dataset(subset_spec, native, args.channels), ds, args.variants,
-                       Path(args.out) / f"restyle-{args.dataset}-k{args.k}-{group}.png")
+                       Path(args.out) / f"restyle-{args.dataset}-k{args.k}{part}-{group}.png")
     info = {"command": "ganaug " + " ".join(cmd[3:]), "rows": int(len(ds.images)), "seconds": round(time.time() - t0, 1),
             "projection": result.get("projection")}
     return ds.images, ds.labels, info
@@ -142,6 +143,9 @@ def main(argv=None) -> dict:
     p.add_argument("--arms", default="diffaugment,ada,restyle")
     p.add_argument("--restyle-groups", default="fine")
     p.add_argument("--variants", type=int, default=5, help="restyled rows per k-shot image")
+    p.add_argument("--restyle-per-class", type=int, default=0,
+                   help="restyle only the first N k-shot images of each class (0: all); projection "
+                        "costs the same per image, so this bounds the arm's time at large k")
     p.add_argument("--project-steps", type=int, default=200)
     p.add_argument("--real-fraction", type=float, default=0.8)
     p.add_argument("--seeds", type=int, default=3)
@@ -211,8 +215,15 @@ def main(argv=None) -> dict:
             pools[arm], _ = quality.sample_native(cks[which], n_pool, 0, 1.0, proto.native)
     if "restyle" in arms:
         run_dir = runs["stylegan2-ada"]["run"]
+        restyle_input = subset
+        if args.restyle_per_class:
+            first = np.concatenate([np.flatnonzero(real.labels[idx] == c)[:args.restyle_per_class]
+                                    for c in range(len(names))])
+            restyle_input = quality.write_subset(
+                real.images[idx][first], real.labels[idx][first], names,
+                Path(args.out) / "kshot" / f"{proto.name}-k{args.k}-first{args.restyle_per_class}.parquet")
         for group in [g.strip() for g in args.restyle_groups.split(",") if g.strip()]:
-            images, labels, info = restyled_pool(args, run_dir, subset, group, proto.native)
+            images, labels, info = restyled_pool(args, run_dir, restyle_input, group, proto.native)
             pools[f"restyle {group}"] = (images, labels)
             arm_info[f"restyle {group}"] = info
 
@@ -240,7 +251,7 @@ def main(argv=None) -> dict:
         "settings": {key: getattr(args, key) for key in ("steps", "checkpoints", "holdout", "select_samples",
                                                          "ada_kimg", "ada_target", "real_fraction", "seeds", "gain_steps",
                                                          "gan_per_class", "variants", "project_steps", "quick",
-                                                         "stylegan2_steps", "splits")},
+                                                         "stylegan2_steps", "restyle_per_class", "splits")},
         "seconds": round(time.time() - t_start, 1), "load_average": os.getloadavg(),
     }
     # one file per k-shot file and arm list: separate invocations (same OUT, same runs) stay apart
