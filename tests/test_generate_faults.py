@@ -21,7 +21,10 @@ from ganaug import shards
 from ganaug.generation import GenerateConfig, run_generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-N, R = 1200, 100   # 12 shards, about 6 s of sampling: when shard 0's record appears, most are still to come
+# 36 shards, about 18 s of sampling at 200 images/s: when shard 0's record appears, most are still to
+# come. At 12 shards (6 s) CI once saw the write stage's first worker start only after every block
+# was sampled, so the actor was gone before there was anything to kill it after.
+N, R = 3600, 100
 
 
 def _sampling_actors() -> dict[str, dict]:
@@ -65,29 +68,25 @@ def test_sigkilled_sampling_actor_restarts_and_the_set_is_identical(ckpt, ray_se
     out = tmp_path / "killed"
     killed: dict = {}
 
-    def kill_mid_sampling() -> None:
-        # Kill once the first shard's record appears, or once the new actor has sampled for a
-        # second, whichever is first: on a quiet machine the write stage's first worker can start
-        # after every block is already sampled, and waiting for a record alone then finds the
-        # actor gone (CI saw exactly that).
+    def kill_once_the_first_shard_is_written() -> None:
+        # Only after a record: by then Ray Data has handed the actor work and taken its output.
+        # A kill one second after the actor came up, before its first block, once left Ray
+        # Data's executor blocked in its actor-location refresh until the test's timeout.
         first = out / shards.record_name(0)
-        deadline, alive_since = time.time() + 300, {}
-        while time.time() < deadline:
-            actors = _sampling_actors()
-            killed["seen"] = {aid: (info["State"], info["Pid"], aid in before) for aid, info in actors.items()}
-            for aid, info in actors.items():
-                if aid in before or info["State"] != "ALIVE" or not info["Pid"]:
-                    continue
-                alive_since.setdefault(aid, time.time())
-                if first.exists() or time.time() - alive_since[aid] >= 1.0:
-                    killed.update(aid=aid, pid=info["Pid"],
-                                  records=len(list((out / shards.RECORDS).glob("*.json"))),
-                                  complete=(out / shards.MANIFEST).exists())
-                    os.kill(info["Pid"], signal.SIGKILL)
-                    return
-            time.sleep(0.02)
+        deadline = time.time() + 300
+        while time.time() < deadline and not first.exists():
+            time.sleep(0.005)
+        actors = _sampling_actors()
+        killed["seen"] = {aid: (info["State"], info["Pid"], aid in before) for aid, info in actors.items()}
+        for aid, info in actors.items():
+            if aid not in before and info["State"] == "ALIVE" and info["Pid"]:
+                killed.update(aid=aid, pid=info["Pid"],
+                              records=len(list((out / shards.RECORDS).glob("*.json"))),
+                              complete=(out / shards.MANIFEST).exists())
+                os.kill(info["Pid"], signal.SIGKILL)
+                return
 
-    killer = threading.Thread(target=kill_mid_sampling, daemon=True)
+    killer = threading.Thread(target=kill_once_the_first_shard_is_written, daemon=True)
     killer.start()
     summary = run_generate(config(out), progress=False)
     killer.join(timeout=10)
