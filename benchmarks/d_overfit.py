@@ -85,8 +85,8 @@ def main() -> None:
         "benchmark": "d_overfit", "checkpoint": uri, "step": meta.get("step"), "family": meta["family"],
         "loss": cfg["training"]["loss"], "augment": cfg["training"]["augment"],
         "ada_target": cfg["training"].get("ada_target"), "data": cfg["data"]["spec"], "holdout": holdout,
-        "train": summary(train_l), "held_back": summary(held_l), "fake": summary(fake_l),
-        "r_t_unaugmented": round(train_l.sign().mean().item(), 4), "r_v": round(r_v, 4),
+        # train.sign_mean is r_t without augmentation
+        "train": summary(train_l), "held_back": summary(held_l), "fake": summary(fake_l), "r_v": round(r_v, 4),
     }))
 
 

@@ -43,6 +43,7 @@ import quality  # noqa: E402  (benchmarks/quality.py: the protocol, the subset f
 
 REPO = quality.REPO
 DIFFAUGMENT = "color,translation,cutout"
+ADA_TARGET = 0.6  # the paper's r_t target (ganaug's default `training.ada_target`)
 
 
 def train_cached(args, family: str, name: str, overrides: list[str]) -> dict:
@@ -137,7 +138,7 @@ def main(argv=None) -> dict:
     p.add_argument("--holdout", type=float, default=0.1, help="data.holdout: the share KID judges against")
     p.add_argument("--select-samples", type=int, default=500)
     p.add_argument("--ada-kimg", type=float, default=20.0)
-    p.add_argument("--ada-target", type=float, default=0.6,
+    p.add_argument("--ada-target", type=float, default=ADA_TARGET,
                    help="the r_t target of ADA's controller (0.6 is the paper's, for its logistic loss); "
                         "another value names the cgan-ada run and arm apart, so both can share OUT")
     p.add_argument("--arms", default="diffaugment,ada,restyle")
@@ -160,6 +161,8 @@ def main(argv=None) -> dict:
         args.steps, args.checkpoints, args.seeds, args.gain_steps, args.gan_per_class = 40, 2, 1, 20, 10
         args.project_steps, args.variants, args.select_samples = 5, 1, 50
     args.out = str(Path(args.out).resolve())
+    # a non-default ADA target names its run, arm and result file apart, so both can share OUT
+    ada_tag = "" if args.ada_target == ADA_TARGET else f"-target{args.ada_target:g}"
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     torch.set_num_threads(os.cpu_count() or 1)
     t_start = time.time()
@@ -186,9 +189,8 @@ def main(argv=None) -> dict:
         runs["cgan-diffaugment"] = train_cached(args, "cgan", f"{proto.name}-k{args.k}-cgan-diffaugment",
                                                 gan_overrides(args, subset, DIFFAUGMENT))
     if "ada" in arms:
-        tag = "" if args.ada_target == 0.6 else f"-target{args.ada_target:g}"
-        runs[f"cgan-ada{tag}"] = train_cached(args, "cgan", f"{proto.name}-k{args.k}-cgan-ada{tag}",
-                                              gan_overrides(args, subset, "ada"))
+        runs[f"cgan-ada{ada_tag}"] = train_cached(args, "cgan", f"{proto.name}-k{args.k}-cgan-ada{ada_tag}",
+                                                  gan_overrides(args, subset, "ada"))
     if "restyle" in arms:
         runs["stylegan2-ada"] = train_cached(args, "stylegan2", f"{proto.name}-k{args.k}-stylegan2-ada",
                                              gan_overrides(args, subset, "ada", args.stylegan2_steps))
@@ -249,15 +251,13 @@ def main(argv=None) -> dict:
                  for name, s in runs.items()},
         "arms": table,
         "settings": {key: getattr(args, key) for key in ("steps", "checkpoints", "holdout", "select_samples",
-                                                         "ada_kimg", "ada_target", "real_fraction", "seeds", "gain_steps",
-                                                         "gan_per_class", "variants", "project_steps", "quick",
-                                                         "stylegan2_steps", "restyle_per_class", "splits")},
+                                                         "ada_kimg", "ada_target", "real_fraction", "seeds",
+                                                         "gain_steps", "gan_per_class", "variants", "project_steps",
+                                                         "quick", "stylegan2_steps", "restyle_per_class", "splits")},
         "seconds": round(time.time() - t_start, 1), "load_average": os.getloadavg(),
     }
     # one file per k-shot file and arm list: separate invocations (same OUT, same runs) stay apart
-    name = f"levers-{proto.name}-k{args.k}-{'-'.join(arms)}"
-    if args.ada_target != 0.6 and "ada" in arms:
-        name += f"-target{args.ada_target:g}"
+    name = f"levers-{proto.name}-k{args.k}-{'-'.join(arms)}" + (ada_tag if "ada" in arms else "")
     (Path(args.out) / f"{name}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary

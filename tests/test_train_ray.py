@@ -383,7 +383,7 @@ def test_checkpoint_selection_by_kid_follows_the_metric_and_survives_resume(ray_
     assert manifest["checkpoint"]["uri"].endswith(checkpoint.step_dir_name(best_step))
 
     # benchmarks/d_overfit.py scores the run's own split back: every digit once, the held-back
-    # 20 % of each class apart, and G's samples far below both after 20 steps.
+    # 20 % of each class apart, as many fakes as held-back rows, and a finite r_v.
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "d_overfit.py"), "--checkpoint", run],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -391,6 +391,7 @@ def test_checkpoint_selection_by_kid_follows_the_metric_and_survives_resume(ray_
     assert res["step"] == best_step and res["holdout"] == 0.2
     assert res["train"]["rows"] + res["held_back"]["rows"] == 1797 and 355 <= res["held_back"]["rows"] <= 365
     assert res["fake"]["rows"] == res["held_back"]["rows"] and res["r_v"] == res["r_v"]  # a number, not NaN
+
 
 def test_selection_needs_held_back_rows_and_a_noise_model(tmp_path):
     from ganaug.config import ConfigError

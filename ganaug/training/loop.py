@@ -494,9 +494,10 @@ class GANTrainer:
         """Train until `self.step == total_steps` (continuing from the current step).
 
         on_report(dict) every `report_every` steps and at the last step: step, images_seen,
-        loss_g, loss_d, d_real, d_fake, ada_p, ada_rt (mean sign(D(real)), ADA's r_t), images_per_s,
-        seconds (since fit started) and any other loss stats (r1, gp, aux_*), averaged over the window and, when distributed,
-        over ranks (a collective: every rank reports at the same steps).
+        loss_g, loss_d, d_real, d_fake, ada_p, ada_rt (mean sign(D(real)), ADA's r_t),
+        images_per_s, seconds (since fit started) and any other loss stats (r1, gp, aux_*),
+        averaged over the window and, when distributed, over ranks (a collective: every rank
+        reports at the same steps).
         on_checkpoint(step) every `checkpoint_every` steps and at the last step; the caller saves.
         should_stop(step), after every step: True makes this step the last one (reported and
         checkpointed, then fit returns). Under DDP every rank must answer the same.
