@@ -11,6 +11,8 @@
 3. Compare with the trivial baseline, the luma copied to the three channels: mean absolute
    error (L1, in uint8 steps) and PSNR over all pixels and channels, and the same on the
    chroma alone (the part the luma cannot give). Print one JSON line.
+4. docs/cifar10_pix2pix_grid.png: held-out images in threes of rows: the luma (pix2pix's
+   input), pix2pix's colouring, the real photo.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quality import DATA, REPO, ganaug_train, log  # benchmarks/ is sys.path[0]
+from quality import DATA, REPO, ganaug_train, log, write_interleaved_grid  # benchmarks/ is sys.path[0]
 
 PRESET = REPO / "jobs" / "configs" / "cifar10-pix2pix-colourise-cpu.yaml"
 
@@ -56,6 +58,7 @@ def main(argv=None) -> dict:
     p.add_argument("--heldout", type=int, default=2000, help="test.parquet images to judge on")
     p.add_argument("--out", default=str(REPO / "ganaug-store" / "bench" / "colourise"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-docs", action="store_true", help="do not write docs/cifar10_pix2pix_grid.png")
     args = p.parse_args(argv)
 
     from ganaug.data import load_dataset
@@ -79,6 +82,8 @@ def main(argv=None) -> dict:
               "wall_s": round(time.time() - t0, 1)}
     result["beats_baseline"] = (result["pix2pix"]["l1"] < result["luma_baseline"]["l1"]
                                 and result["pix2pix"]["psnr_db"] > result["luma_baseline"]["psnr_db"])
+    if not args.no_docs:
+        write_interleaved_grid([grey, colourised, target], REPO / "docs" / "cifar10_pix2pix_grid.png")
     log(json.dumps(result))
     print(json.dumps(result))
     return result

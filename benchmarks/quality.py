@@ -47,7 +47,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DATA = (REPO / ".." / "shared" / "data").resolve()
-FAMILIES = ("cgan", "stylegan2")
+FAMILIES = ("cgan", "stylegan2", "dcgan")
+# An unconditional family's samples carry no label: the domain classifier labels them (as
+# `ganaug evaluate` does), and label fidelity and the k-shot gain, which need a requested label, are skipped.
+UNCONDITIONAL = ("dcgan",)
 ALL_METRICS = ("fid", "kid", "prdc", "fid_per_class", "fidelity", "diversity", "memorisation", "cas")
 # The levers the validation part chooses between for the k-shot gain: the share of each
 # classifier batch that is real, and whether generated images must pass the fidelity filter.
@@ -186,6 +189,15 @@ def write_grid(ckpt: str, path: Path, truncation: float) -> None:
     path.write_bytes(png_bytes(sampler.grid(per_class=10, seed=0, truncation=truncation), upscale=2))
 
 
+def write_interleaved_grid(sets: list[np.ndarray], path: Path, per_row: int = 10, groups: int = 3) -> None:
+    """Row groups of `per_row` images: set 0's next images, then the same rows of set 1, ...
+    (an input above what each model made of it)."""
+    from ganaug.sampling import png_bytes, tile
+
+    rows = [images[g * per_row:(g + 1) * per_row] for g in range(groups) for images in sets]
+    path.write_bytes(png_bytes(tile(np.stack(rows)), upscale=2))
+
+
 def write_real_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, path: Path) -> None:
     from ganaug.sampling import png_bytes
 
@@ -217,6 +229,19 @@ class Judge:
                                    gan_per_class=args.gan_per_class, hflip=proto.hflip, device="cpu")
         self.cache_dir = args.cache_dir or str(Path(args.out) / "cache")
         self._cas_real = None
+
+    def domain_classifier(self):
+        """The domain CNN the feature metrics use (the same cache entry: same data, settings, folder)."""
+        from ganaug.metrics.features import DomainFeatures
+
+        return DomainFeatures.from_training(self.real[0], self.real[1], len(self.class_names),
+                                            settings=self.options.domain, cache_dir=self.cache_dir).classifier
+
+    def pseudo_label(self, synthetic):
+        """An unconditional generator's samples, labelled by the domain classifier."""
+        from ganaug.metrics.classifier import predict
+
+        return synthetic[0], predict(self.domain_classifier(), synthetic[0])
 
     def evaluate(self, synthetic, metrics: list[str]) -> dict:
         """evaluate_arrays, with the real-trained CAS reference computed once and reused (it does
@@ -402,6 +427,8 @@ def parse_args(argv=None):
     bad = [f for f in a.family_list if f not in FAMILIES]
     if bad:
         p.error(f"--families: unknown {bad}; known {FAMILIES}")
+    if a.kshot and set(a.family_list) & set(UNCONDITIONAL):
+        p.error(f"--kshot: the gain arms need generated images of a requested class; {UNCONDITIONAL} draw none")
     a.metric_list = [m.strip() for m in a.metrics.split(",") if m.strip()]
     return a
 
@@ -432,11 +459,18 @@ def main(argv=None) -> dict:
                              out / "runs", f"{proto.name}-{family}")
             full_ckpt = s["checkpoint"]
             synthetic, _ = sample_native(full_ckpt, args.num, 0, args.truncation, proto.native)
-            report = judge.evaluate(synthetic, args.metric_list)
-            report["notes"] = [f"GAN: `{s['command']}`, {s['step']} steps in {s['seconds']:.0f} s "
+            metrics, notes = args.metric_list, []
+            if family in UNCONDITIONAL:
+                synthetic = judge.pseudo_label(synthetic)
+                metrics = [m for m in metrics if m != "fidelity"]
+                notes.append("unconditional generator: labels are the domain classifier's predictions "
+                             "(CAS then asks how well a classifier learns from the set so labelled); no label fidelity")
+            report = judge.evaluate(synthetic, metrics)
+            report["notes"] = notes + [f"GAN: `{s['command']}`, {s['step']} steps in {s['seconds']:.0f} s "
                                f"(stopped by {s['stopped_by']}), trained on {train_spec}",
                                f"judged at {proto.native} px on {judge.heldout_spec}; synthetic: {args.num} "
-                               f"images, row i = (seed i, label i mod K), truncation {args.truncation}"]
+                               f"images, row i = (seed i, label i mod K; unconditional: seed i), "
+                               f"truncation {args.truncation}"]
             write_report(out / family / "report", report, class_names=judge.class_names, synthetic=synthetic)
             entry.update(train={key: s.get(key) for key in ("step", "seconds", "stopped_by", "data", "command",
                                                             "checkpoint", "workers", "images_per_s")},

@@ -38,24 +38,12 @@ def free_port() -> int:
 
 
 def make_checkpoint(uri: str, family: str, seed: int = 0, width: int = 8) -> str:
-    import torch
+    from tiny import tiny_checkpoint
 
-    from ganaug import checkpoint
-    from ganaug.config import ModelConfig
-    from ganaug.models.registry import DataInfo, get_family
-
-    fam = get_family(family)
-    k = K if family == "cgan" else 0
-    data = DataInfo(RES, CH, k, [f"c{i}" for i in range(k)])
-    kwargs = fam.generator_kwargs(ModelConfig(family=family, width=width, z_dim=16, max_width=max(32, width), embed_dim=8), data)
-    torch.manual_seed(seed)
-    G = fam.build_generator(kwargs)
-    checkpoint.save_checkpoint(uri, generator_ema=G, meta={
-        "family": family, "kind": fam.kind, "generator_kwargs": kwargs, "resolution": RES, "channels": CH,
-        "num_classes": k, "class_names": data.class_names,
-        # The cgan says what size its training data had ('size': 'native'); the dcgan does not.
-        **({"native_size": list(NATIVE)} if family == "cgan" else {})})
-    return uri
+    names = [f"c{i}" for i in range(K)] if family == "cgan" else []
+    # The cgan says what size its training data had ('size': 'native'); the dcgan does not.
+    native = {"native_size": list(NATIVE)} if family == "cgan" else {}
+    return tiny_checkpoint(uri, family, names, RES, CH, seed=seed, width=width, **native)
 
 
 @pytest.fixture(scope="module")
