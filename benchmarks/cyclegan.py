@@ -62,6 +62,7 @@ def main(argv=None) -> dict:
     p.add_argument("--minutes", type=float, default=0.0, help="override the preset's training.max_minutes")
     p.add_argument("--out", default=str(quality.REPO / "ganaug-store" / "bench" / "cyclegan"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cache-dir", default="", help="the domain classifier's cache (default: quality.py's, OUT/cache)")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/cifar10_cyclegan_grid.png")
     args = p.parse_args(argv)
 
@@ -75,7 +76,8 @@ def main(argv=None) -> dict:
     run = quality.ganaug_train(PRESET, overrides, Path(args.out).resolve() / "runs", name)
 
     # The quality benchmark's judge: its domain classifier, from its cache when that run came first.
-    judge = quality.Judge(quality.parse_args(["--dataset", "cifar10"]), quality.protocol("cifar10"))
+    cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    judge = quality.Judge(quality.parse_args(["--dataset", "cifar10", *cache]), quality.protocol("cifar10"))
     test = f"parquet:{cifar / 'test.parquet'}"
     sources = load_dataset(f"{test}{{classes={SOURCE}}}", 32, 3).images
     targets = load_dataset(f"{test}{{classes={TARGET}}}", 32, 3).images
