@@ -48,8 +48,7 @@ if str(REPO) not in sys.path:
 
 DATA = (REPO / ".." / "shared" / "data").resolve()
 FAMILIES = ("cgan", "stylegan2", "dcgan")
-# An unconditional family's samples carry no label: the domain classifier labels them (as
-# `ganaug evaluate` does), and label fidelity and the k-shot gain, which need a requested label, are skipped.
+# Families whose samples never carry a requested label: the k-shot gain arms need one.
 UNCONDITIONAL = ("dcgan",)
 ALL_METRICS = ("fid", "kid", "prdc", "fid_per_class", "fidelity", "diversity", "memorisation", "cas")
 # The levers the validation part chooses between for the k-shot gain: the share of each
@@ -229,13 +228,17 @@ class Judge:
                                    gan_per_class=args.gan_per_class, hflip=proto.hflip, device="cpu")
         self.cache_dir = args.cache_dir or str(Path(args.out) / "cache")
         self._cas_real = None
+        self._domain = None
 
     def domain_classifier(self):
         """The domain CNN the feature metrics use (the same cache entry: same data, settings, folder)."""
         from ganaug.metrics.features import DomainFeatures
 
-        return DomainFeatures.from_training(self.real[0], self.real[1], len(self.class_names),
-                                            settings=self.options.domain, cache_dir=self.cache_dir).classifier
+        if self._domain is None:
+            self._domain = DomainFeatures.from_training(self.real[0], self.real[1], len(self.class_names),
+                                                        settings=self.options.domain,
+                                                        cache_dir=self.cache_dir).classifier
+        return self._domain
 
     def pseudo_label(self, synthetic):
         """An unconditional generator's samples, labelled by the domain classifier."""
@@ -427,6 +430,9 @@ def parse_args(argv=None):
     bad = [f for f in a.family_list if f not in FAMILIES]
     if bad:
         p.error(f"--families: unknown {bad}; known {FAMILIES}")
+    missing = [str(preset_for(a, f).relative_to(REPO)) for f in a.family_list if not preset_for(a, f).is_file()]
+    if missing:
+        p.error(f"--families: no CPU preset {missing} for --dataset {a.dataset}")
     if a.kshot and set(a.family_list) & set(UNCONDITIONAL):
         p.error(f"--kshot: the gain arms need generated images of a requested class; {UNCONDITIONAL} draw none")
     a.metric_list = [m.strip() for m in a.metrics.split(",") if m.strip()]
@@ -460,7 +466,9 @@ def main(argv=None) -> dict:
             full_ckpt = s["checkpoint"]
             synthetic, _ = sample_native(full_ckpt, args.num, 0, args.truncation, proto.native)
             metrics, notes = args.metric_list, []
-            if family in UNCONDITIONAL:
+            if (synthetic[1] < 0).all():
+                # No requested labels (an unconditional generator): the domain classifier labels the
+                # set, as `ganaug evaluate` does, and label fidelity has nothing to check.
                 synthetic = judge.pseudo_label(synthetic)
                 metrics = [m for m in metrics if m != "fidelity"]
                 notes.append("unconditional generator: labels are the domain classifier's predictions "

@@ -113,7 +113,7 @@ def test_unconditional_samples_take_the_feature_metrics_domain_labels(tmp_path):
         quality.parse_args(["--families", "dcgan", "--kshot", "20"])
 
 
-def test_translation_judge_reads_moves_towards_the_target(tmp_path):
+def test_translation_judge_moves_towards_the_target(tmp_path):
     """benchmarks/cyclegan.py's measures on digits 3 -> 8: the untranslated inputs are the zero
     point, and a translator that returned real 8s would read exactly as the real 8s do."""
     import cyclegan
